@@ -1,0 +1,3 @@
+from ltdi_ray.cli import main
+
+main()

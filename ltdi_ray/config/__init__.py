@@ -1,0 +1,17 @@
+"""Configuration: dataclass schemas, Hydra composition and validation."""
+
+from ltdi_ray.config.compose import compose_dict, load_config, to_config, to_plain
+from ltdi_ray.config.schema import (
+    CollectConfig,
+    Config,
+    OmniglotTaskConfig,
+    RayConfig,
+    SinusoidTaskConfig,
+    StorageConfig,
+    TrajectoryConfig,
+)
+
+__all__ = [
+    "CollectConfig", "Config", "OmniglotTaskConfig", "RayConfig", "SinusoidTaskConfig", "StorageConfig",
+    "TrajectoryConfig", "compose_dict", "load_config", "to_config", "to_plain",
+]

@@ -1,0 +1,20 @@
+"""Fully connected base network for regression tasks (sinusoid: 1-40-40-1, D = 1,761)."""
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """ReLU MLP ``in_dim -> hidden... -> out_dim``; input ``(N, in_dim)`` -> output ``(N, out_dim)``."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int):
+        super().__init__()
+        widths = [in_dim, *hidden, out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = torch.relu(layer(x))
+        return self.layers[-1](x)

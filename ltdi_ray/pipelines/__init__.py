@@ -1,0 +1,1 @@
+"""Stage pipelines (the only Ray-aware layer besides storage): ``run_<stage>(cfg) -> summary``."""

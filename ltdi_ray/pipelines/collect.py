@@ -1,0 +1,226 @@
+"""The collect stage: task ids -> batched inner loops on Ray Data actors -> Parquet + manifest.
+
+Idempotent and resumable: the dataset directory records the config it was started with; a
+re-run keeps every readable data file, removes torn ones, collects only the missing task ids
+and writes the manifest last. A complete dataset makes a re-run a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Dict, List
+
+import numpy as np
+import pyarrow as pa
+
+from ltdi_ray import __version__
+from ltdi_ray.config.compose import to_plain
+from ltdi_ray.config.schema import Config
+from ltdi_ray.errors import ConfigError, DataError
+from ltdi_ray.nets.paramspec import ParamSpec
+from ltdi_ray.storage.artifact import (
+    DATA_DIR, FORMAT, FORMAT_VERSION, INTENT, MANIFEST, PartSummary, arrays_to_table, merge_stats,
+    read_json, read_part, summarise, write_json, write_norm_stats,
+)
+from ltdi_ray.storage.fs import Location
+from ltdi_ray.tasks import make_family
+from ltdi_ray.trajectories import InnerOptimizer, TrajectoryBatcher
+
+log = logging.getLogger("ltdi_ray")
+
+
+def inner_optimizer(cfg: Config) -> InnerOptimizer:
+    t = cfg.trajectory
+    return InnerOptimizer(optimizer=t.optimizer, lr=t.lr, steps=t.steps, save_every=t.save_every, sam_rho=t.sam_rho)
+
+
+def make_batcher(cfg: Config, device: str = "cpu") -> TrajectoryBatcher:
+    """The plain-torch batch collector for ``cfg`` (used in-process by tests and benchmarks)."""
+    family = make_family(cfg.task, cfg.storage.endpoint_url)
+    return TrajectoryBatcher(family, inner_optimizer(cfg), cfg.collect.split, cfg.collect.seed,
+                             cfg.trajectory.theta0, cfg.trajectory.init_seed, device)
+
+
+class TrajectoryCollector:
+    """Ray Data actor: owns the device and the batched inner loop; ids in, Arrow rows out."""
+
+    def __init__(self, cfg: Config, num_threads: int, use_gpu: bool):
+        import torch
+
+        torch.set_num_threads(num_threads)
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.batcher = make_batcher(cfg, device)
+        self.family, self.split = cfg.task.family, cfg.collect.split
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> pa.Table:
+        rows = self.batcher(batch["id"])
+        n = len(batch["id"])
+        table = arrays_to_table(rows)
+        return table.append_column("family", pa.array([self.family] * n)).append_column("split", pa.array([self.split] * n))
+
+
+def _drop_done(batch: Dict[str, np.ndarray], done: np.ndarray) -> Dict[str, np.ndarray]:
+    return {"id": batch["id"][~np.isin(batch["id"], done)]}
+
+
+def fingerprint(cfg: Config) -> dict:
+    """Everything that determines the rows' contents (not how the work is spread)."""
+    return {"format_version": FORMAT_VERSION, "task": to_plain(cfg.task), "trajectory": to_plain(cfg.trajectory),
+            "split": cfg.collect.split, "seed": cfg.collect.seed}
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> List[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _claim(loc: Location, cfg: Config) -> None:
+    """Record this collection's config, or refuse to mix with a dataset made under another one."""
+    want = {"fingerprint": fingerprint(cfg), "num_tasks": cfg.collect.num_tasks}
+    have = read_json(loc, INTENT)
+    if have is None:
+        if loc.list(DATA_DIR):
+            raise DataError(f"{loc.child(DATA_DIR)} holds files but no {INTENT}: not an ltdi_ray dataset; "
+                            "choose another storage.uri")
+        write_json(loc, INTENT, want)
+        return
+    changes = _diff(have["fingerprint"], want["fingerprint"])
+    if changes:
+        raise ConfigError(f"the dataset at {loc} was collected with another config ({'; '.join(changes[:3])}); "
+                          "refusing to mix: pass a new storage.uri or restore the old values")
+    if cfg.collect.num_tasks < have["num_tasks"]:
+        raise ConfigError(f"collect.num_tasks={cfg.collect.num_tasks} but the dataset at {loc} was started with "
+                          f"{have['num_tasks']} tasks; use collect.num_tasks>={have['num_tasks']} or a new storage.uri")
+    if cfg.collect.num_tasks > have["num_tasks"]:
+        write_json(loc, INTENT, want)
+
+
+def _scan_existing(loc: Location) -> List[PartSummary]:
+    """Summaries of the readable data files already present; torn leftovers are removed."""
+    data_dir, parts = loc.child(DATA_DIR), []
+    for name in data_dir.list():
+        if not name.startswith("part-"):
+            if name.startswith(".tmp-"):
+                data_dir.remove(name)  # an interrupted local write: never published
+            continue
+        try:
+            data, table = read_part(data_dir, name)
+        except DataError as err:
+            log.warning("collect: removing unreadable %s (%s); its tasks will be collected again", name, err)
+            data_dir.remove(name)
+            continue
+        parts.append(summarise(name, data, table))
+    return parts
+
+
+def _collect_missing(cfg: Config, loc: Location, done: np.ndarray, n_missing: int) -> List[PartSummary]:
+    import ray
+
+    from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
+    from ltdi_ray.storage.sink import TrajectoryDatasink
+
+    c = cfg.collect
+    ensure_ray(cfg.ray)
+    resources = ray.cluster_resources()
+    if c.gpus_per_actor > 0:
+        auto = int(resources.get("GPU", 0) // c.gpus_per_actor)
+        if auto < 1 and c.num_actors == 0:
+            raise ConfigError(f"collect.gpus_per_actor={c.gpus_per_actor} but the cluster has no GPUs")
+    else:
+        auto = int(resources.get("CPU", 1) // c.cpus_per_actor)
+    actors = min(c.num_actors or max(1, auto), math.ceil(n_missing / c.batch_size))
+    log.info("collect: %d tasks to collect on %d actor(s), %d tasks per batch", n_missing, actors, c.batch_size)
+    ds = ray.data.range(c.num_tasks, override_num_blocks=max(1, math.ceil(c.num_tasks / c.batch_size)))
+    if done.size:
+        ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="numpy")
+    # The id list is tiny: materialise it before the actor pool holds every CPU, or its read
+    # tasks would wait for a CPU forever (RAY_NOTES 0.4).
+    ds = ds.materialize().map_batches(
+        TrajectoryCollector, batch_size=c.batch_size, batch_format="numpy",
+        fn_constructor_kwargs={"cfg": cfg, "num_threads": max(1, int(c.cpus_per_actor)),
+                               "use_gpu": c.gpus_per_actor > 0},
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor)
+    sink = TrajectoryDatasink(loc.child(DATA_DIR))
+    with user_errors_from_ray():
+        # Writing is Parquet encoding plus I/O next to the actors: it asks for no CPU slot so a
+        # pool that fills the cluster cannot starve it.
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    return sink.summaries
+
+
+def _finalise(loc: Location, cfg: Config, parts: List[PartSummary], spec: ParamSpec, family_info: dict,
+              schema: dict) -> dict:
+    ids = np.concatenate([p.task_ids for p in parts])
+    if len(np.unique(ids)) != len(ids):
+        raise DataError(f"duplicate task ids across the data files of {loc}; the dataset is corrupt")
+    expected = cfg.collect.num_tasks
+    if len(ids) != expected or ids.min() != 0 or ids.max() != expected - 1:
+        raise DataError(f"{loc} holds {len(ids)} tasks after collection, expected ids 0..{expected - 1}")
+    mean, std, count = merge_stats(parts)
+    stats_sha = write_norm_stats(loc, mean, std)
+    opt = inner_optimizer(cfg)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "family": cfg.task.family, "split": cfg.collect.split, "num_tasks": expected, "num_files": len(parts),
+        "param_spec": spec.to_json(), "num_checkpoints": opt.num_checkpoints, "steps": opt.checkpoint_steps,
+        "theta0": {"mode": cfg.trajectory.theta0, "init_seed": cfg.trajectory.init_seed},
+        "config": fingerprint(cfg), "task_family": family_info, "schema": schema,
+        "norm_stats": {"path": "_norm_stats.safetensors", "sha256": stats_sha, "count": count,
+                       "over": "checkpoints 1..C-1 of every task"},
+        "files": sorted((p.record() for p in parts), key=lambda r: r["first_task"]),
+    }
+    write_json(loc, MANIFEST, manifest)  # last: its presence marks the dataset complete
+    return manifest
+
+
+def run_collect(cfg: Config) -> dict:
+    """Collect ``cfg.collect.num_tasks`` trajectories into ``<storage.uri>/trajectories``.
+
+    Returns the summary ``{"stage", "uri", "tasks", "new_tasks", "files", "dim", "checkpoints", "seconds"}``.
+    """
+    start = time.time()
+    root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
+    root.check_reachable()
+    loc = root.child("trajectories")
+    family = make_family(cfg.task, cfg.storage.endpoint_url)  # bad data roots fail here, before Ray starts
+    spec = ParamSpec.from_module(family.build_net())
+    _claim(loc, cfg)
+    summary = {"stage": "collect", "uri": str(loc), "family": cfg.task.family, "split": cfg.collect.split}
+    manifest = read_json(loc, MANIFEST)
+    if manifest is not None and manifest["num_tasks"] == cfg.collect.num_tasks:
+        log.info("collect: %s is complete (%d tasks); nothing to do", loc, manifest["num_tasks"])
+        return {**summary, "tasks": manifest["num_tasks"], "new_tasks": 0, "files": manifest["num_files"],
+                "dim": spec.dim, "checkpoints": manifest["num_checkpoints"], "seconds": round(time.time() - start, 2)}
+    if manifest is not None:  # extending to more tasks: not complete until the new manifest lands
+        loc.remove(MANIFEST)
+    existing = _scan_existing(loc)
+    done = np.concatenate([p.task_ids for p in existing]) if existing else np.zeros(0, np.int64)
+    n_missing = cfg.collect.num_tasks - int(np.isin(np.arange(cfg.collect.num_tasks), done).sum())
+    log.info("collect: %s has %d of %d tasks", loc, cfg.collect.num_tasks - n_missing, cfg.collect.num_tasks)
+    new = _collect_missing(cfg, loc, done, n_missing) if n_missing else []
+    manifest = _finalise(loc, cfg, existing + new, spec, family.describe(), row_schema(cfg, family, spec))
+    log.info("collect: wrote %s (%d files, D=%d)", loc.child(MANIFEST), len(manifest["files"]), spec.dim)
+    return {**summary, "tasks": manifest["num_tasks"], "new_tasks": int(sum(p.rows for p in new)),
+            "files": manifest["num_files"], "dim": spec.dim, "checkpoints": manifest["num_checkpoints"],
+            "seconds": round(time.time() - start, 2)}
+
+
+def row_schema(cfg: Config, family, spec: ParamSpec) -> dict:
+    """Per-row dtype and shape of every column the collector writes."""
+    c = inner_optimizer(cfg).num_checkpoints
+    scalar = lambda dtype: {"dtype": dtype, "shape": []}  # noqa: E731
+    return {"task_id": scalar("int64"), "seed": scalar("int64"),
+            **{k: {"dtype": dt, "shape": list(shape)} for k, (shape, dt) in family.fields().items()},
+            "steps": {"dtype": "int32", "shape": [c]}, "checkpoints": {"dtype": "float32", "shape": [c, spec.dim]},
+            **{k: {"dtype": "float32", "shape": [c]} for k in ("pool_loss", "query_loss", "query_metric")},
+            "family": scalar("string"), "split": scalar("string")}

@@ -1,0 +1,85 @@
+"""N-way K-shot Omniglot episodes with a character-level train/val/test split."""
+
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from ltdi_ray.config.schema import OmniglotTaskConfig
+from ltdi_ray.errors import DataError
+from ltdi_ray.nets.conv import ConvNet
+from ltdi_ray.tasks.base import FieldSpec, TaskFamily, task_seed
+from ltdi_ray.tasks.omniglot_io import DRAWINGS_PER_CHARACTER, load_characters, split_characters
+
+
+class OmniglotFamily(TaskFamily):
+    """Each class of an episode is one character (rotated by k*90 degrees on the training split,
+    the usual augmentation that treats rotations as new classes). Per class, ``query_per_class``
+    drawings are held out for scoring and the rest form the pool; the K-shot support is drawn
+    from the pool. Labels are 0..N-1 in the order the classes were drawn.
+    """
+
+    name = "omniglot"
+    loss = "cross_entropy"
+
+    def __init__(self, cfg: OmniglotTaskConfig, endpoint_url: Optional[str] = None):
+        self.cfg = cfg
+        self.keys, self.images = load_characters(cfg.root, cfg.image_size, endpoint_url)
+        self.splits = split_characters(len(self.keys), list(cfg.split_fractions), cfg.split_seed)
+        if len(self.splits["test"]) < cfg.ways or len(self.splits["val"]) < cfg.ways:
+            raise DataError(f"Omniglot root {cfg.root} has too few characters for {cfg.ways}-way val/test episodes")
+
+    @property
+    def pool_per_class(self) -> int:
+        return DRAWINGS_PER_CHARACTER - self.cfg.query_per_class
+
+    def fields(self) -> FieldSpec:
+        c, s = self.cfg, self.cfg.image_size
+        return {
+            "classes": ((c.ways,), "int32"),
+            "rotations": ((c.ways,), "int32"),
+            "pool_x": ((c.ways * self.pool_per_class, s, s), "uint8"),
+            "pool_y": ((c.ways * self.pool_per_class,), "int32"),
+            "support_idx": ((c.ways * c.shots,), "int32"),
+            "query_x": ((c.ways * c.query_per_class, s, s), "uint8"),
+            "query_y": ((c.ways * c.query_per_class,), "int32"),
+        }
+
+    def sample(self, split: str, index: int, base_seed: int = 0) -> Dict[str, np.ndarray]:
+        c, ppc = self.cfg, self.pool_per_class
+        rng = np.random.default_rng(task_seed(self.name, split, index, base_seed))
+        classes = rng.choice(self.splits[split], size=c.ways, replace=False)
+        rotate = split == "train" and c.rotate_train
+        rotations = rng.integers(0, 4, size=c.ways) if rotate else np.zeros(c.ways, dtype=np.int64)
+        pool, query, support = [], [], []
+        for label, (char, k) in enumerate(zip(classes, rotations)):
+            order = rng.permutation(DRAWINGS_PER_CHARACTER)
+            drawings = np.rot90(self.images[char], k=int(k), axes=(1, 2))
+            query.append(drawings[order[: c.query_per_class]])
+            pool.append(drawings[order[c.query_per_class:]])
+            support.append(label * ppc + rng.choice(ppc, size=c.shots, replace=False))
+        labels = np.arange(c.ways, dtype=np.int32)
+        return {
+            "classes": classes.astype(np.int32),
+            "rotations": rotations.astype(np.int32),
+            "pool_x": np.ascontiguousarray(np.concatenate(pool)),
+            "pool_y": np.repeat(labels, ppc),
+            "support_idx": np.concatenate(support).astype(np.int32),
+            "query_x": np.ascontiguousarray(np.concatenate(query)),
+            "query_y": np.repeat(labels, c.query_per_class),
+        }
+
+    def build_net(self) -> torch.nn.Module:
+        c = self.cfg
+        return ConvNet(c.ways, c.channels, c.depth, c.image_size)
+
+    def to_torch(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0).unsqueeze(-3)
+
+    def describe(self) -> dict:
+        c = self.cfg
+        return {
+            **super().describe(), "root": c.root, "ways": c.ways, "shots": c.shots, "image_size": c.image_size,
+            "split_seed": c.split_seed, "characters": len(self.keys),
+            "split": {name: [self.keys[i] for i in idx] for name, idx in self.splits.items()},
+        }

@@ -1,0 +1,74 @@
+"""Collect the optimisation trajectories of a batch of tasks (plain torch; Ray wraps it)."""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+
+from ltdi_ray.errors import DataError
+from ltdi_ray.nets.paramspec import ParamSpec
+from ltdi_ray.tasks.base import TaskFamily, task_seed
+from ltdi_ray.trajectories.inner import InnerOptimizer, evaluate, make_loss, make_metric, run_batched
+
+
+def initial_theta(family: TaskFamily, seed: int) -> torch.Tensor:
+    """theta_0 ``(D,)``: the base network's own initialisation drawn under ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = family.build_net()
+    return ParamSpec.from_module(net).flatten(dict(net.named_parameters())).detach()
+
+
+class TrajectoryBatcher:
+    """Turns task ids into rows: episode arrays, checkpoints ``(C, D)`` and per-checkpoint losses.
+
+    theta_0 is shared by every task (``theta0="shared"``, one draw under ``init_seed``) or drawn
+    per task from the task's seed (``"per_task"``).
+    """
+
+    def __init__(self, family: TaskFamily, opt: InnerOptimizer, split: str, base_seed: int,
+                 theta0: str = "shared", init_seed: int = 0, device: str = "cpu"):
+        self.family, self.opt, self.split, self.base_seed = family, opt, split, base_seed
+        self.theta0_mode, self.device = theta0, torch.device(device)
+        self.net = family.build_net().to(self.device)
+        self.spec = ParamSpec.from_module(self.net)
+        self.shared_theta0 = initial_theta(family, init_seed).to(self.device)
+        self.loss = make_loss(self.net, self.spec, family.loss)
+        self.metric = make_metric(self.net, self.spec, family.loss)
+
+    def theta0_for(self, task_ids: Sequence[int]) -> torch.Tensor:
+        """``(B, D)`` starting points for ``task_ids``."""
+        if self.theta0_mode == "shared":
+            return self.shared_theta0.expand(len(task_ids), -1)
+        seeds = [task_seed(self.family.name, self.split, int(i), self.base_seed) for i in task_ids]
+        return torch.stack([initial_theta(self.family, s) for s in seeds]).to(self.device)
+
+    def __call__(self, task_ids: Sequence[int]) -> Dict[str, np.ndarray]:
+        """Rows for ``task_ids`` as arrays with a leading batch axis ``B``."""
+        ids = np.asarray(task_ids, dtype=np.int64)
+        episodes = self.family.sample_many(self.split, ids, self.base_seed)
+        to_x = lambda a: self.family.to_torch(a).to(self.device)  # noqa: E731
+        to_y = lambda a: self.family.targets_to_torch(a).to(self.device)  # noqa: E731
+        px, py, qx, qy = to_x(episodes["pool_x"]), to_y(episodes["pool_y"]), to_x(episodes["query_x"]), to_y(episodes["query_y"])
+        checkpoints = run_batched(self.loss, self.theta0_for(ids), px, py, self.opt)
+        pool_loss = evaluate(self.loss, checkpoints, px, py)
+        query_loss = evaluate(self.loss, checkpoints, qx, qy)
+        query_metric = evaluate(self.metric, checkpoints, qx, qy)
+        bad = ~(torch.isfinite(checkpoints).flatten(1).all(1) & torch.isfinite(pool_loss).all(1))
+        if bad.any():
+            first = ids[bad.cpu().numpy()][:5].tolist()
+            raise DataError(f"the inner loop diverged (non-finite weights) for tasks {first}; "
+                            f"lower trajectory.lr (now {self.opt.lr})")
+        n = len(ids)
+        return {
+            "task_id": ids,
+            "seed": np.array([task_seed(self.family.name, self.split, int(i), self.base_seed) for i in ids], np.int64),
+            **episodes,
+            "steps": np.tile(np.asarray(self.opt.checkpoint_steps, np.int32), (n, 1)),
+            "checkpoints": checkpoints.cpu().numpy().astype(np.float32, copy=False),
+            "pool_loss": pool_loss.cpu().numpy().astype(np.float32, copy=False),
+            "query_loss": query_loss.cpu().numpy().astype(np.float32, copy=False),
+            "query_metric": query_metric.cpu().numpy().astype(np.float32, copy=False),
+        }

@@ -1,0 +1,139 @@
+"""The inner-loop optimiser, batched over many tasks, and its per-task reference.
+
+A task's network is the base module evaluated functionally on a flat weight vector theta (D,).
+:func:`run_batched` trains B tasks at once with ``vmap(grad(...))`` and hand-batched Adam/SGD
+(optionally SAM) on a ``(B, D)`` tensor; :func:`run_per_task` is the plain loop with
+``torch.optim`` that exists to check it (both agree to 1e-5 on the same inputs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from ltdi_ray.nets.paramspec import ParamSpec
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (theta (D,), x, y) -> scalar
+
+
+@dataclass(frozen=True)
+class InnerOptimizer:
+    """What the inner loop runs: ``steps`` updates, a checkpoint every ``save_every``."""
+
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 0.01
+    steps: int = 100
+    save_every: int = 10
+    sam_rho: float = 0.0  # > 0: sharpness-aware minimisation, gradient taken at theta + rho * g / |g|
+    betas: Tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    @property
+    def num_checkpoints(self) -> int:
+        """C = M / save_every + 1 (theta_0 included)."""
+        return self.steps // self.save_every + 1
+
+    @property
+    def checkpoint_steps(self) -> list:
+        return list(range(0, self.steps + 1, self.save_every))
+
+
+def make_loss(net: torch.nn.Module, spec: ParamSpec, kind: str) -> LossFn:
+    """The task loss of ``net`` at flat weights ``theta``: mean squared error or cross-entropy."""
+
+    def loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pred = functional_call(net, spec.unflatten(theta), (x,))
+        # explicit MSE: F.mse_loss has no correct batching rule under nested vmap (torch 2.13)
+        return (pred - y).square().mean() if kind == "mse" else F.cross_entropy(pred, y)
+
+    return loss
+
+
+def make_metric(net: torch.nn.Module, spec: ParamSpec, kind: str) -> LossFn:
+    """The reported metric: MSE for regression, accuracy in [0, 1] for classification."""
+    if kind == "mse":
+        return make_loss(net, spec, kind)
+
+    def accuracy(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pred = functional_call(net, spec.unflatten(theta), (x,))
+        return (pred.argmax(-1) == y).float().mean()
+
+    return accuracy
+
+
+def evaluate(fn: LossFn, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``fn`` at every checkpoint: thetas ``(B, C, D)``, data ``(B, N, ...)`` -> ``(B, C)``."""
+    per_checkpoint = vmap(fn, in_dims=(0, None, None))
+    with torch.no_grad():
+        return vmap(per_checkpoint)(thetas, x, y)
+
+
+def _batched_grad(loss: LossFn) -> Callable[..., torch.Tensor]:
+    """Per-task gradients ``(B, D)``. Tasks are independent, so the gradient of the summed
+    losses w.r.t. the stacked thetas is every task's own gradient; one batched backward pass
+    measured 4x faster than ``vmap(grad(loss))`` on CPU.
+    """
+    batched_loss = vmap(loss)
+
+    def grad_fn(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            theta = theta.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(batched_loss(theta, x, y).sum(), theta)
+        return g
+
+    return grad_fn
+
+
+def run_batched(loss: LossFn, theta0: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                opt: InnerOptimizer) -> torch.Tensor:
+    """Train B tasks at once from ``theta0`` ``(B, D)`` on pools ``x, y`` ``(B, P, ...)``.
+
+    Returns the checkpoints ``(B, C, D)``: theta_0, theta_save_every, ..., theta_M.
+    """
+    grad_fn = _batched_grad(loss)
+    theta = theta0.detach().clone()
+    m, v = torch.zeros_like(theta), torch.zeros_like(theta)
+    b1, b2 = opt.betas
+    saved = [theta.clone()]
+    for step in range(1, opt.steps + 1):
+        g = grad_fn(theta, x, y)
+        if opt.sam_rho > 0:
+            scale = opt.sam_rho / (g.norm(dim=1, keepdim=True) + 1e-12)
+            g = grad_fn(theta + scale * g, x, y)
+        if opt.optimizer == "sgd":
+            theta = theta - opt.lr * g
+        else:  # the same arithmetic as torch.optim.Adam (single-tensor path)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(opt.eps)
+            theta = theta.addcdiv(m, denom, value=-opt.lr / (1 - b1**step))
+        if step % opt.save_every == 0:
+            saved.append(theta.clone())
+    return torch.stack(saved, dim=1)
+
+
+def run_per_task(loss: LossFn, theta0: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 opt: InnerOptimizer) -> torch.Tensor:
+    """Reference: one task with ``torch.optim``; theta0 ``(D,)``, data ``(P, ...)`` -> ``(C, D)``."""
+    theta = theta0.detach().clone().requires_grad_(True)
+    if opt.optimizer == "sgd":
+        optim = torch.optim.SGD([theta], lr=opt.lr)
+    else:
+        optim = torch.optim.Adam([theta], lr=opt.lr, betas=opt.betas, eps=opt.eps, foreach=False)
+    saved = [theta.detach().clone()]
+    for step in range(1, opt.steps + 1):
+        optim.zero_grad()
+        (g,) = torch.autograd.grad(loss(theta, x, y), theta)
+        if opt.sam_rho > 0:
+            perturbed = (theta + opt.sam_rho * g / (g.norm() + 1e-12)).detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(loss(perturbed, x, y), perturbed)
+        theta.grad = g
+        optim.step()
+        if step % opt.save_every == 0:
+            saved.append(theta.detach().clone())
+    return torch.stack(saved)

@@ -1,0 +1,63 @@
+"""Shared fixtures: one real local Ray per session, a real S3 endpoint (moto server) on loopback."""
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OMNIGLOT = Path(os.environ.get("LTDI_OMNIGLOT_ROOT", REPO.parent / "shared" / "data" / "omniglot"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 (a real HTTP endpoint: pyarrow, s3fs and Ray workers reach it)."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    # Before ray.init, so local Ray workers inherit them; fake values, loopback only.
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.pop("AWS_PROFILE", None)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint):
+    """A fresh bucket on the moto server."""
+    import botocore.session
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    botocore.session.get_session().create_client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint):
+    """One local Ray instance for the whole session (4 logical CPUs: room for Data next to actors)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+    ray.init(address="local", num_cpus=4, object_store_memory=256 * 1024**2, include_dashboard=False,
+             log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def omniglot_root() -> str:
+    if not (OMNIGLOT / "images_background_small1.zip").is_file():
+        pytest.skip(f"Omniglot archives not found at {OMNIGLOT} (set LTDI_OMNIGLOT_ROOT)")
+    return str(OMNIGLOT)

@@ -1,0 +1,67 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ltdi_ray.config import OmniglotTaskConfig, SinusoidTaskConfig, load_config
+from ltdi_ray.errors import ConfigError
+
+
+def test_defaults_compose_to_validated_dataclasses():
+    cfg = load_config([])
+    assert isinstance(cfg.task, SinusoidTaskConfig)
+    assert (cfg.task.shots, cfg.task.pool_size, cfg.task.hidden) == (5, 100, [40, 40])
+    assert cfg.storage.uri.startswith("/") and cfg.storage.uri.endswith("ltdi_runs/sinusoid")
+
+
+def test_smoke_experiment_and_task_group():
+    cfg = load_config(["experiment=smoke", "task=omniglot", "task.root=/data/omni"])
+    assert isinstance(cfg.task, OmniglotTaskConfig)
+    assert cfg.collect.num_tasks == 64 and cfg.trajectory.steps == 20
+    assert cfg.storage.uri.endswith("smoke-omniglot")
+
+
+def test_s3_uri_is_kept_verbatim():
+    cfg = load_config(["storage.uri=s3://bucket/prefix", "storage.endpoint_url=http://127.0.0.1:9000"])
+    assert cfg.storage.uri == "s3://bucket/prefix"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("collect.num_tasks=0", "collect.num_tasks"),
+    ("collect.num_tasks=abc", "collect.num_tasks"),
+    ("collect.nope=1", "collect.nope"),
+    ("trajectory.save_every=7", "trajectory.save_every"),
+    ("trajectory.optimizer=rmsprop", "trajectory.optimizer"),
+    ("trajectory.lr=-1", "trajectory.lr"),
+    ("task.shots=500", "task.pool_size"),
+    ("storage.uri=gs://b/p", "storage.uri"),
+    ("storage.uri=/tmp/../etc", "storage.uri"),
+    ("storage.endpoint_url=127.0.0.1:9000", "storage.endpoint_url"),
+    ("task=omniglot", "task.root"),
+])
+def test_bad_values_fail_at_compose_time_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config([override])
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_family_lists_the_choices():
+    with pytest.raises(ConfigError, match=r"no option 'nope' \(choices: omniglot, sinusoid\)"):
+        load_config(["task=nope"])
+
+
+def test_omniglot_shots_plus_query_must_fit_twenty_drawings():
+    with pytest.raises(ConfigError, match="task.shots"):
+        load_config(["task=omniglot", "task.root=/x", "task.shots=16", "task.query_per_class=5"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(-5, 300), save_every=st.integers(-5, 300))
+def test_trajectory_validator_accepts_exactly_the_divisible_pairs(steps, save_every):
+    ok = steps >= 1 and save_every >= 1 and steps % save_every == 0
+    try:
+        cfg = load_config([f"trajectory.steps={steps}", f"trajectory.save_every={save_every}"])
+    except ConfigError as err:
+        assert not ok, err
+        assert "trajectory." in str(err)
+    else:
+        assert ok and cfg.trajectory.steps // cfg.trajectory.save_every + 1 >= 2
