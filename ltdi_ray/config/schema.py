@@ -120,6 +120,7 @@ class CollectConfig:
     num_actors: int = 0  # collector actors; 0 = one per cpus_per_actor of the cluster's CPUs
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0  # > 0 schedules collectors on GPUs and runs the inner loop there
+    num_writers: int = 0  # Parquet writer actors; 0 = one per four collectors
 
     def __post_init__(self) -> None:
         check(self.num_tasks >= 1, "collect.num_tasks", f"must be >= 1, got {self.num_tasks}")
@@ -128,6 +129,7 @@ class CollectConfig:
         check(self.num_actors >= 0, "collect.num_actors", f"must be >= 0, got {self.num_actors}")
         check(self.cpus_per_actor > 0, "collect.cpus_per_actor", f"must be > 0, got {self.cpus_per_actor}")
         check(self.gpus_per_actor >= 0, "collect.gpus_per_actor", f"must be >= 0, got {self.gpus_per_actor}")
+        check(self.num_writers >= 0, "collect.num_writers", f"must be >= 0, got {self.num_writers}")
 
 
 @dataclass

@@ -126,7 +126,7 @@ def _collect_missing(cfg: Config, loc: Location, done: np.ndarray, n_missing: in
     import ray
 
     from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
-    from ltdi_ray.storage.sink import TrajectoryDatasink
+    from ltdi_ray.storage.sink import PartWriter, summaries_from_rows
 
     c = cfg.collect
     ensure_ray(cfg.ray)
@@ -149,12 +149,12 @@ def _collect_missing(cfg: Config, loc: Location, done: np.ndarray, n_missing: in
         fn_constructor_kwargs={"cfg": cfg, "num_threads": max(1, int(c.cpus_per_actor)),
                                "use_gpu": c.gpus_per_actor > 0},
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor)
-    sink = TrajectoryDatasink(loc.child(DATA_DIR))
+    # Writers ask for no CPU slot: a collector pool that fills the cluster cannot starve them.
+    ds = ds.map_batches(PartWriter, batch_size=None, batch_format="pyarrow",
+                        fn_constructor_kwargs={"data_dir": loc.child(DATA_DIR)},
+                        compute=ray.data.ActorPoolStrategy(size=c.num_writers or max(1, actors // 4)), num_cpus=0)
     with user_errors_from_ray():
-        # Writing is Parquet encoding plus I/O next to the actors: it asks for no CPU slot so a
-        # pool that fills the cluster cannot starve it.
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
-    return sink.summaries
+        return summaries_from_rows(ds.take_all())
 
 
 def _finalise(loc: Location, cfg: Config, parts: List[PartSummary], spec: ParamSpec, family_info: dict,

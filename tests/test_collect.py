@@ -1,0 +1,134 @@
+"""The collect stage on a real local Ray, writing to a temp dir and to S3 on a moto server."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ltdi_ray.config import load_config
+from ltdi_ray.errors import ConfigError, DataError, StorageError
+from ltdi_ray.pipelines.collect import run_collect
+from ltdi_ray.storage.artifact import DATA_DIR, MANIFEST, read_norm_stats
+from ltdi_ray.storage.dataset import TrajectoryDataset
+from ltdi_ray.storage.fs import Location
+
+SMOKE = ["experiment=smoke", "collect.num_tasks=24", "collect.batch_size=8", "collect.num_actors=2"]
+
+
+def collect(uri, *extra, endpoint=None):
+    overrides = [*SMOKE, f"storage.uri={uri}", *extra]
+    if endpoint:
+        overrides.append(f"storage.endpoint_url={endpoint}")
+    return run_collect(load_config(overrides))
+
+
+def test_collect_local_writes_a_complete_self_describing_dataset(ray_session, tmp_path):
+    summary = collect(tmp_path)
+    assert summary["tasks"] == summary["new_tasks"] == 24 and summary["files"] == 3 and summary["dim"] == 1761
+    ds = TrajectoryDataset.open(summary["uri"])
+    m = ds.manifest
+    assert m["num_tasks"] == 24 and m["steps"] == [0, 5, 10, 15, 20] and m["param_spec"]["dim"] == 1761
+    assert m["config"]["trajectory"]["lr"] == 0.01 and m["theta0"] == {"mode": "shared", "init_seed": 0}
+    rows = ds.load()
+    assert rows["task_id"].tolist() == list(range(24))
+    assert rows["checkpoints"].shape == (24, 5, 1761) and np.isfinite(rows["checkpoints"]).all()
+    assert (rows["split"] == "train").all() and (rows["family"] == "sinusoid").all()
+    stats = read_norm_stats(ds.loc)
+    targets = rows["checkpoints"][:, 1:].reshape(-1, 1761).astype(np.float64)
+    np.testing.assert_allclose(stats["mean"], targets.mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats["std"], targets.std(0), atol=1e-4)
+    # re-running the same command does no work
+    again = collect(tmp_path)
+    assert again["new_tasks"] == 0 and again["tasks"] == 24
+
+
+def test_resume_after_a_crash_keeps_good_files_and_replaces_torn_ones(ray_session, tmp_path):
+    first = collect(tmp_path)
+    loc = Location.parse(first["uri"])
+    data = loc.child(DATA_DIR)
+    parts = data.list()
+    before = TrajectoryDataset.open(first["uri"]).load()
+    # the crash: no manifest yet, one file lost, one torn half-way, a temp file left behind
+    loc.remove(MANIFEST)
+    data.remove(parts[0])
+    torn = os.path.join(data.path, parts[1])
+    with open(torn, "r+b") as fh:
+        fh.truncate(os.path.getsize(torn) // 2)
+    open(os.path.join(data.path, ".tmp-deadbeef-part-x.parquet"), "wb").close()
+    resumed = collect(tmp_path)
+    assert resumed["new_tasks"] == 16 and resumed["tasks"] == 24
+    assert sorted(data.list()) == sorted(parts)  # same deterministic names, no leftovers
+    after = TrajectoryDataset.open(resumed["uri"]).load()
+    assert after["task_id"].tolist() == list(range(24))
+    np.testing.assert_allclose(after["checkpoints"], before["checkpoints"], atol=1e-5)
+
+
+def test_extending_and_refusing_to_mix(ray_session, tmp_path):
+    collect(tmp_path)
+    grown = collect(tmp_path, "collect.num_tasks=32")
+    assert grown["tasks"] == 32 and grown["new_tasks"] == 8
+    with pytest.raises(ConfigError, match="trajectory.lr: 0.01 -> 0.02.*new storage.uri"):
+        collect(tmp_path, "collect.num_tasks=32", "trajectory.lr=0.02")
+    with pytest.raises(ConfigError, match="collect.num_tasks>=32"):
+        collect(tmp_path, "collect.num_tasks=16")
+
+
+def test_foreign_directory_is_not_touched(ray_session, tmp_path):
+    (tmp_path / "trajectories" / DATA_DIR).mkdir(parents=True)
+    (tmp_path / "trajectories" / DATA_DIR / "somebody_elses.parquet").write_bytes(b"x")
+    with pytest.raises(DataError, match="not an ltdi_ray dataset"):
+        collect(tmp_path)
+
+
+def test_collect_to_s3(ray_session, s3_endpoint, bucket):
+    summary = collect(f"s3://{bucket}/run", endpoint=s3_endpoint)
+    assert summary["uri"] == f"s3://{bucket}/run/trajectories" and summary["tasks"] == 24
+    ds = TrajectoryDataset.open(summary["uri"], s3_endpoint)
+    assert ds.load(["task_id"])["task_id"].tolist() == list(range(24))
+    listing = ds.loc.list(DATA_DIR)
+    assert len(listing) == 3 and all(n.startswith("part-") for n in listing)
+    assert collect(f"s3://{bucket}/run", endpoint=s3_endpoint)["new_tasks"] == 0
+
+
+def test_missing_bucket_and_dead_endpoint(s3_endpoint, tmp_path):
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' not found at endpoint"):
+        collect("s3://no-such-bucket/run", endpoint=s3_endpoint)
+    with pytest.raises(StorageError, match="cannot reach S3 at endpoint http://127.0.0.1:9"):
+        collect("s3://some-bucket/run", endpoint="http://127.0.0.1:9")
+
+
+def test_collect_omniglot_full_net(ray_session, tmp_path, omniglot_root):
+    summary = collect(tmp_path, "task=omniglot", f"task.root={omniglot_root}", "task.channels=8",
+                      "collect.num_tasks=8", "collect.batch_size=4")
+    ds = TrajectoryDataset.open(summary["uri"])
+    rows = ds.load()
+    assert rows["pool_x"].shape == (8, 75, 28, 28) and rows["pool_x"].dtype == np.uint8
+    assert rows["query_metric"].shape == (8, 5) and (rows["query_metric"] <= 1).all()
+    assert len(ds.manifest["task_family"]["split"]["train"]) == 150
+
+
+def test_corrupt_dataset_files_are_named(ray_session, tmp_path):
+    summary = collect(tmp_path)
+    ds = TrajectoryDataset.open(summary["uri"])
+    name = ds.manifest["files"][0]["path"]
+    path = os.path.join(ds.loc.path, name)
+    blob = bytearray(open(path, "rb").read())
+    blob[100] ^= 0xFF
+    open(path, "wb").write(bytes(blob))
+    with pytest.raises(DataError, match=f"{name}.*fails its checksum"):
+        ds.load()
+    os.remove(path)
+    with pytest.raises(DataError, match=f"{name} is missing"):
+        ds.load()
+    os.remove(os.path.join(ds.loc.path, MANIFEST))
+    with pytest.raises(DataError, match="no complete trajectory dataset"):
+        TrajectoryDataset.open(summary["uri"])
+
+
+def test_manifest_is_plain_json_with_checksums(ray_session, tmp_path):
+    summary = collect(tmp_path)
+    manifest = json.loads((tmp_path / "trajectories" / MANIFEST).read_text())
+    assert {f["rows"] for f in manifest["files"]} == {8} and all(len(f["sha256"]) == 64 for f in manifest["files"])
+    assert manifest["schema"]["checkpoints"] == {"dtype": "float32", "shape": [5, 1761]}
+    assert summary["checkpoints"] == 5
