@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--per-task-tasks", type=int, default=40)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--overrides", nargs="*", default=[], help="config overrides, e.g. collect.batch_size=1024")
+    parser.add_argument("--no-pipeline", action="store_true", help="kernel figures only (no Ray on this machine)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
@@ -81,7 +82,8 @@ def main() -> None:
     cfg = load_config(args.overrides)
     per_task = max(per_task_rate(cfg, args.per_task_tasks, t) for t in sorted({1, os.cpu_count() or 1}))
     batched = batched_rate(cfg, args.tasks, args.device)
-    pipeline = pipeline_rate(args.overrides, args.tasks, 1.0 if args.device == "cuda" else 0.0)
+    pipeline = ({"tasks_per_s": float("nan"), "files": 0} if args.no_pipeline
+                else pipeline_rate(args.overrides, args.tasks, 1.0 if args.device == "cuda" else 0.0))
     print(json.dumps({
         "benchmark": "collect_throughput", "family": cfg.task.family, "shots": cfg.task.shots,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{os.cpu_count()}",

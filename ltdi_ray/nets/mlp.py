@@ -15,6 +15,16 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers[:-1]:
-            x = torch.relu(layer(x))
-        return self.layers[-1](x)
+        for i, layer in enumerate(self.layers):
+            x = self._linear(layer, x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+    @staticmethod
+    def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        # A 1-wide input (sinusoid's x) as a broadcast product: under vmap, F.linear becomes a
+        # K=1 batched matmul that measured 8x slower than this, forward and backward.
+        if layer.in_features == 1:
+            return x * layer.weight.squeeze(-1) + layer.bias
+        return layer(x)

@@ -22,6 +22,22 @@ def task_seed(family: str, split: str, index: int, base_seed: int = 0) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def counter_uniform(seeds: np.ndarray, n: int, stream: int) -> np.ndarray:
+    """Uniform [0, 1) draws ``(B, n)``: SplitMix64 of (task seed, stream, counter).
+
+    A counter-based generator vectorises over tasks, so sampling costs ~1 us per task instead
+    of ~50 us for a seeded ``numpy.random.Generator`` per task, while every task stays
+    reproducible alone. ``stream`` separates the draws of different quantities.
+    """
+    with np.errstate(over="ignore"):
+        ctr = np.arange(n, dtype=np.uint64) + np.uint64(stream) * np.uint64(1 << 32) + np.uint64(1)
+        z = seeds.astype(np.uint64)[:, None] + ctr[None, :] * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 class TaskFamily(ABC):
     """A source of few-shot episodes plus the base network they are solved with.
 

@@ -1,13 +1,13 @@
 """Sinusoid regression (MAML protocol): y = A sin(x - p), A ~ U[0.1, 5], p ~ U[0, pi], x ~ U[-5, 5]."""
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
 
 from ltdi_ray.config.schema import SinusoidTaskConfig
 from ltdi_ray.nets.mlp import MLP
-from ltdi_ray.tasks.base import FieldSpec, TaskFamily, task_seed
+from ltdi_ray.tasks.base import FieldSpec, TaskFamily, counter_uniform, task_seed
 
 
 class SinusoidFamily(TaskFamily):
@@ -32,21 +32,28 @@ class SinusoidFamily(TaskFamily):
         }
 
     def sample(self, split: str, index: int, base_seed: int = 0) -> Dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self.sample_many(split, [index], base_seed).items()}
+
+    def sample_many(self, split: str, indices: Sequence[int], base_seed: int = 0) -> Dict[str, np.ndarray]:
+        """Vectorised over tasks (the GPU collector samples tens of thousands per batch)."""
         c = self.cfg
-        rng = np.random.default_rng(task_seed(self.name, split, index, base_seed))
-        amp, phase = rng.uniform(*c.amplitude), rng.uniform(*c.phase)
-        pool_x = rng.uniform(*c.x_range, size=(c.pool_size, 1))
-        query_x = rng.uniform(*c.x_range, size=(c.query_size, 1))
-        support_idx = rng.choice(c.pool_size, size=c.shots, replace=False)
+        seeds = np.array([task_seed(self.name, split, int(i), base_seed) for i in indices], dtype=np.uint64)
+        scale = lambda u, lo_hi: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * u  # noqa: E731
+        amp = scale(counter_uniform(seeds, 1, 0), c.amplitude)
+        phase = scale(counter_uniform(seeds, 1, 1), c.phase)
+        pool_x = scale(counter_uniform(seeds, c.pool_size, 2), c.x_range)[..., None]
+        query_x = scale(counter_uniform(seeds, c.query_size, 3), c.x_range)[..., None]
+        # K distinct pool indices: the K smallest of P random keys
+        support_idx = np.argsort(counter_uniform(seeds, c.pool_size, 4), axis=1)[:, : c.shots]
         f32 = np.float32
         return {
-            "amplitude": np.array(amp, f32),
-            "phase": np.array(phase, f32),
+            "amplitude": amp[:, 0].astype(f32),
+            "phase": phase[:, 0].astype(f32),
             "pool_x": pool_x.astype(f32),
-            "pool_y": (amp * np.sin(pool_x - phase)).astype(f32),
+            "pool_y": (amp[:, :, None] * np.sin(pool_x - phase[:, :, None])).astype(f32),
             "support_idx": support_idx.astype(np.int32),
             "query_x": query_x.astype(f32),
-            "query_y": (amp * np.sin(query_x - phase)).astype(f32),
+            "query_y": (amp[:, :, None] * np.sin(query_x - phase[:, :, None])).astype(f32),
         }
 
     def build_net(self) -> torch.nn.Module:

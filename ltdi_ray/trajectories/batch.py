@@ -55,7 +55,7 @@ class TrajectoryBatcher:
         checkpoints = run_batched(self.loss, self.theta0_for(ids), px, py, self.opt)
         pool_loss = evaluate(self.loss, checkpoints, px, py)
         query_loss = evaluate(self.loss, checkpoints, qx, qy)
-        query_metric = evaluate(self.metric, checkpoints, qx, qy)
+        query_metric = query_loss if self.family.loss == "mse" else evaluate(self.metric, checkpoints, qx, qy)
         bad = ~(torch.isfinite(checkpoints).flatten(1).all(1) & torch.isfinite(pool_loss).all(1))
         if bad.any():
             first = ids[bad.cpu().numpy()][:5].tolist()
