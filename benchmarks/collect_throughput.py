@@ -5,7 +5,7 @@ and their ratios, for sinusoid 5-shot with the default trajectory (Adam, 100 ste
 pool, checkpoint every 10 steps). The pipeline figure includes the actors' start, the Parquet
 write and the manifest, but not ``ray.init``.
 
-    python benchmarks/collect_throughput.py [--tasks 4096] [--device cuda] [--overrides k=v ...]
+    python benchmarks/collect_throughput.py [--tasks 10000] [--device cuda] [--overrides k=v ...]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def pipeline_rate(overrides, n: int, gpus: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=4096, help="tasks for the batched and pipeline runs")
+    parser.add_argument("--tasks", type=int, default=10000, help="tasks for the batched and pipeline runs (the default collect.num_tasks)")
     parser.add_argument("--per-task-tasks", type=int, default=40)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--overrides", nargs="*", default=[], help="config overrides, e.g. collect.batch_size=1024")

@@ -61,10 +61,6 @@ class TrajectoryCollector:
         return table.append_column("family", pa.array([self.family] * n)).append_column("split", pa.array([self.split] * n))
 
 
-def _drop_done(batch: Dict[str, np.ndarray], done: np.ndarray) -> Dict[str, np.ndarray]:
-    return {"id": batch["id"][~np.isin(batch["id"], done)]}
-
-
 def fingerprint(cfg: Config) -> dict:
     """Everything that determines the rows' contents (not how the work is spread)."""
     return {"format_version": FORMAT_VERSION, "task": to_plain(cfg.task), "trajectory": to_plain(cfg.trajectory),
@@ -139,12 +135,12 @@ def _collect_missing(cfg: Config, loc: Location, done: np.ndarray, n_missing: in
         auto = int(resources.get("CPU", 1) // c.cpus_per_actor)
     actors = min(c.num_actors or max(1, auto), math.ceil(n_missing / c.batch_size))
     log.info("collect: %d tasks to collect on %d actor(s), %d tasks per batch", n_missing, actors, c.batch_size)
-    ds = ray.data.range(c.num_tasks, override_num_blocks=max(1, math.ceil(c.num_tasks / c.batch_size)))
-    if done.size:
-        ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="numpy")
-    # The id list is tiny: materialise it before the actor pool holds every CPU, or its read
-    # tasks would wait for a CPU forever (RAY_NOTES 0.4).
-    ds = ds.materialize().map_batches(
+    # Blocks of missing task ids, one per collector call, made on the driver: a `range` read
+    # would need CPU slots that the actor pool holds (a hang, RAY_NOTES 0.4) or a separate
+    # materialising pass, and resuming needs the list of missing ids anyway.
+    missing = np.setdiff1d(np.arange(c.num_tasks, dtype=np.int64), done)
+    blocks = [pa.table({"id": ids}) for ids in np.split(missing, range(c.batch_size, len(missing), c.batch_size))]
+    ds = ray.data.from_blocks(blocks).map_batches(
         TrajectoryCollector, batch_size=c.batch_size, batch_format="numpy",
         fn_constructor_kwargs={"cfg": cfg, "num_threads": max(1, int(c.cpus_per_actor)),
                                "use_gpu": c.gpus_per_actor > 0},
