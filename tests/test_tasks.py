@@ -93,3 +93,28 @@ def test_omniglot_bad_roots_name_the_culprit(tmp_path):
         z.writestr("bg/Alpha/character01/a.png", buf.getvalue())
     with pytest.raises(DataError, match="has 1 drawings, expected 20"):
         _omniglot(short)
+
+
+def test_head_mode_generates_only_the_classifier_on_a_fixed_backbone(omniglot_root, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from ltdi_ray.nets import ConvNet, ParamSpec
+    from ltdi_ray.trajectories import initial_theta
+
+    fam = _omniglot(omniglot_root, "task.generate=head", "task.channels=8")
+    a, b = fam.build_net(), fam.build_net()
+    assert ParamSpec.from_module(a).names == ("head.weight", "head.bias") and ParamSpec.from_module(a).dim == 8 * 5 + 5
+    x = fam.to_torch(fam.sample("train", 0)["pool_x"])
+    assert torch.equal(a.backbone.features(x), b.backbone.features(x))  # one frozen extractor for all tasks
+    assert not torch.equal(initial_theta(fam, 0), initial_theta(fam, 1))
+    trained = ConvNet(5, channels=8)
+    save_file(trained.state_dict(), str(tmp_path / "backbone.safetensors"))
+    loaded = _omniglot(omniglot_root, "task.generate=head", "task.channels=8",
+                       f"task.backbone={tmp_path / 'backbone.safetensors'}").build_net()
+    assert torch.equal(loaded.backbone.features(x), trained.features(x))
+    with pytest.raises(DataError, match="do not fit the conv net"):
+        _omniglot(omniglot_root, "task.generate=head", "task.channels=16",
+                  f"task.backbone={tmp_path / 'backbone.safetensors'}").build_net()
+    with pytest.raises(DataError, match="not found"):
+        _omniglot(omniglot_root, "task.generate=head", f"task.backbone={tmp_path / 'nope.safetensors'}").build_net()

@@ -73,6 +73,9 @@ class OmniglotTaskConfig:
     rotate_train: bool = True  # rotations by k*90 degrees as new classes, training split only
     channels: int = 32  # conv net width
     depth: int = 4  # conv blocks: 28 -> 14 -> 7 -> 3 -> 1
+    generate: str = "full"  # full: the whole conv net is theta; head: only the classifier on a frozen backbone
+    backbone: Optional[str] = None  # head mode: safetensors ConvNet weights (local or s3://); None = fixed seeded init
+    backbone_seed: int = 0  # head mode without a backbone file: the seed of its fixed initialisation
 
     def __post_init__(self) -> None:
         check(self.family == "omniglot", "task.family", f"schema is omniglot, got {self.family!r}")
@@ -85,6 +88,10 @@ class OmniglotTaskConfig:
         check(len(fr) == 3 and min(fr) > 0 and abs(sum(fr) - 1) < 1e-6, "task.split_fractions",
               f"must be three positive fractions summing to 1, got {fr}")
         check(self.channels >= 1 and self.depth >= 1, "task.channels", "channels and depth must be >= 1")
+        check(self.generate in ("full", "head"), "task.generate", f"must be full or head, got {self.generate!r}")
+        check(self.backbone is None or self.generate == "head", "task.backbone", "only applies to task.generate=head")
+        if self.backbone is not None:
+            self.backbone = _absolute(self.backbone)
 
 
 @dataclass

@@ -28,3 +28,21 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class HeadNet(nn.Module):
+    """``head`` mode: a frozen ConvNet feature extractor plus the linear classifier that is generated.
+
+    Only the head's parameters are trainable, so they alone make up the ParamSpec and theta;
+    the backbone's weights are fixed (``requires_grad=False``) and shared by every task.
+    """
+
+    def __init__(self, backbone: ConvNet, ways: int):
+        super().__init__()
+        features = backbone.head.in_features
+        backbone.head = nn.Identity()
+        self.backbone = backbone.requires_grad_(False)
+        self.head = nn.Linear(features, ways)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.features(x))

@@ -20,8 +20,9 @@ class ParamSpec:
 
     @classmethod
     def from_module(cls, module: torch.nn.Module) -> "ParamSpec":
-        """The spec of ``module.named_parameters()`` in registration order."""
-        items = list(module.named_parameters())
+        """The spec of the module's trainable parameters in registration order (frozen ones,
+        such as a fixed feature extractor, stay inside the module and out of theta)."""
+        items = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         return cls(tuple(n for n, _ in items), tuple(tuple(p.shape) for _, p in items))
 
     @property

@@ -7,7 +7,8 @@ import torch
 
 from ltdi_ray.config.schema import OmniglotTaskConfig
 from ltdi_ray.errors import DataError
-from ltdi_ray.nets.conv import ConvNet
+from ltdi_ray.nets.conv import ConvNet, HeadNet
+from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks.base import FieldSpec, TaskFamily, task_seed
 from ltdi_ray.tasks.omniglot_io import DRAWINGS_PER_CHARACTER, load_characters, split_characters
 
@@ -23,7 +24,7 @@ class OmniglotFamily(TaskFamily):
     loss = "cross_entropy"
 
     def __init__(self, cfg: OmniglotTaskConfig, endpoint_url: Optional[str] = None):
-        self.cfg = cfg
+        self.cfg, self.endpoint_url = cfg, endpoint_url
         self.keys, self.images = load_characters(cfg.root, cfg.image_size, endpoint_url)
         self.splits = split_characters(len(self.keys), list(cfg.split_fractions), cfg.split_seed)
         if len(self.splits["test"]) < cfg.ways or len(self.splits["val"]) < cfg.ways:
@@ -71,7 +72,34 @@ class OmniglotFamily(TaskFamily):
 
     def build_net(self) -> torch.nn.Module:
         c = self.cfg
-        return ConvNet(c.ways, c.channels, c.depth, c.image_size)
+        if c.generate == "full":
+            return ConvNet(c.ways, c.channels, c.depth, c.image_size)
+        with torch.random.fork_rng(devices=[]):  # the same frozen backbone whatever the caller's seed
+            torch.manual_seed(c.backbone_seed)
+            backbone = ConvNet(c.ways, c.channels, c.depth, c.image_size)
+        if c.backbone is not None:
+            self._load_backbone(backbone)
+        return HeadNet(backbone, c.ways)  # the head is drawn under the caller's seed: theta_0
+
+    def _load_backbone(self, backbone: ConvNet) -> None:
+        from safetensors.torch import load
+
+        loc = Location.parse(self.cfg.backbone, self.endpoint_url)
+        parent, name = loc.uri.rsplit("/", 1)
+        try:
+            state = load(Location(parent, loc.endpoint_url).read_bytes(name))
+        except FileNotFoundError:
+            raise DataError(f"backbone weights {loc} not found (task.backbone)") from None
+        except Exception as err:  # safetensors raises its own error types for corrupt files
+            raise DataError(f"backbone weights {loc} are unreadable: {err}") from None
+        convs = {k: v for k, v in state.items() if k.startswith("convs.")}
+        try:
+            backbone.load_state_dict(convs, strict=False)
+            missing = [k for k in backbone.state_dict() if k.startswith("convs.") and k not in convs]
+            if missing:
+                raise RuntimeError(f"missing {missing[:2]}")
+        except RuntimeError as err:
+            raise DataError(f"backbone weights {loc} do not fit the conv net (task.channels/depth): {err}") from None
 
     def to_torch(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0).unsqueeze(-3)
@@ -80,6 +108,7 @@ class OmniglotFamily(TaskFamily):
         c = self.cfg
         return {
             **super().describe(), "root": c.root, "ways": c.ways, "shots": c.shots, "image_size": c.image_size,
+            "generate": c.generate, "backbone": c.backbone,
             "split_seed": c.split_seed, "characters": len(self.keys),
             "split": {name: [self.keys[i] for i in idx] for name, idx in self.splits.items()},
         }
