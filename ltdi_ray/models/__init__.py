@@ -1,0 +1,7 @@
+"""Task encoders, denoisers and the weight normaliser (plain torch, no diffusion math)."""
+
+from ltdi_ray.models.denoiser import PRESETS, ResMLPDenoiser, timestep_embedding
+from ltdi_ray.models.encoders import SetEncoder
+from ltdi_ray.models.normalizer import WeightNormalizer
+
+__all__ = ["PRESETS", "ResMLPDenoiser", "SetEncoder", "WeightNormalizer", "timestep_embedding"]
