@@ -70,6 +70,20 @@ def test_segment_minimiser_turns_the_global_step_into_the_segment_step(param):
         torch.testing.assert_close(out, ((1 - diff.schedule.abar[t]) / (1 - diff.local_abar(t, end))).sqrt().unsqueeze(-1) * eps)
 
 
+def test_x0_weighting_is_the_x0_space_error_for_one_segment():
+    diff = TrajectoryDiffusion(Schedule.make("linear", T), segments=1, parameterization="x0", weighting="x0")
+    model = lambda x, t, c: 0.5 * x + c  # noqa: E731
+    targets = torch.randn(8, 1, 3, dtype=torch.float64)
+    cond = torch.randn(8, 3, dtype=torch.float64)
+    loss = diff.training_loss(model, targets, cond, torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(2)
+    t = 1 + torch.floor(torch.rand(8, generator=gen, dtype=torch.float64) * T).long()
+    eps = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    abar = diff.schedule.abar[t].unsqueeze(-1)
+    x_t = abar.sqrt() * targets[:, 0] + (1 - abar).sqrt() * eps
+    torch.testing.assert_close(loss, (model(x_t, t, cond) - targets[:, 0]).square().mean())
+
+
 def test_one_segment_with_eps_weighting_is_the_standard_ddpm_loss():
     diff = TrajectoryDiffusion(Schedule.make("cosine", T), segments=1, parameterization="eps", weighting="eps")
     weight = torch.randn(3, 3, dtype=torch.float64)

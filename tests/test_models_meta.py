@@ -48,10 +48,12 @@ def test_single_level_training_reduces_the_loss():
     targets, sx, sy = _batch(b=8)
     opt = torch.optim.Adam(gen.parameters(), lr=3e-3)
     fixed = torch.Generator().manual_seed(7)
-    before = float(task_loss(gen, diff, targets, sx, sy, draws=8, generator=fixed))
+    with torch.no_grad():
+        before = float(task_loss(gen, diff, targets, sx, sy, draws=8, generator=fixed))
     for _ in range(150):
         single_level_step(gen, diff, opt, targets, sx, sy, draws=4)
-    after = float(task_loss(gen, diff, targets, sx, sy, draws=8, generator=torch.Generator().manual_seed(7)))
+    with torch.no_grad():
+        after = float(task_loss(gen, diff, targets, sx, sy, draws=8, generator=torch.Generator().manual_seed(7)))
     assert after < 0.5 * before
 
 

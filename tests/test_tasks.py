@@ -33,6 +33,13 @@ def test_sinusoid_episode_shapes_ranges_and_determinism():
     assert not np.array_equal(fam.sample("test", 7)["pool_x"], ep["pool_x"])
 
 
+def test_sinusoid_grid_pool_is_shared_by_every_task():
+    fam = make_family(load_config(["task.pool=grid", "task.pool_size=11"]).task)
+    a, b = fam.sample("train", 0), fam.sample("train", 1)
+    assert np.array_equal(a["pool_x"], b["pool_x"]) and np.allclose(a["pool_x"][:, 0], np.linspace(-5, 5, 11))
+    assert not np.array_equal(a["pool_y"], b["pool_y"]) and not np.array_equal(a["query_x"], b["query_x"])
+
+
 def test_omniglot_split_is_disjoint_and_sized_150_32_60(omniglot_root):
     fam = _omniglot(omniglot_root)
     assert len(fam.keys) == 242 and fam.images.shape == (242, 20, 28, 28)

@@ -42,6 +42,7 @@ class SinusoidTaskConfig:
     family: str = "sinusoid"
     shots: int = 5  # K: support size, the generator's condition
     pool_size: int = 100  # points the inner optimiser trains on (support is a subset)
+    pool: str = "random"  # random: x ~ U(x_range) per task; grid: the same evenly spaced x for every task
     query_size: int = 100  # held-out points, scoring only
     amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])
     phase: List[float] = field(default_factory=lambda: [0.0, math.pi])
@@ -53,6 +54,7 @@ class SinusoidTaskConfig:
         check(self.shots >= 1, "task.shots", f"must be >= 1, got {self.shots}")
         check(self.pool_size >= self.shots, "task.pool_size", f"must be >= task.shots ({self.shots}), got {self.pool_size}")
         check(self.query_size >= 1, "task.query_size", f"must be >= 1, got {self.query_size}")
+        check(self.pool in ("random", "grid"), "task.pool", f"must be random or grid, got {self.pool!r}")
         for key in ("amplitude", "phase", "x_range"):
             _check_range(getattr(self, key), f"task.{key}")
         check(len(self.hidden) >= 1 and min(self.hidden) >= 1, "task.hidden", f"must be positive widths, got {list(self.hidden)}")

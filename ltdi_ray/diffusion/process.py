@@ -15,7 +15,7 @@ beta_t^2 / (alpha_t (1 - abar_t)); for k = 1 and the eps parameterisation it is 
 standard DDPM loss ||eps_hat - eps||^2, and in general it is DESIGN's loss
 ||sqrt(1 - abar^(i)_t) f - sqrt(1 - abar_t) eps||^2 up to a per-t weight (same minimiser).
 ``weighting="mean"`` is plain mean matching (weight a_t^2 on x0 errors), which kept the x0
-parameterisation stable in the prototype.
+parameterisation stable in the prototype; ``weighting="x0"`` weighs x0 errors equally at every t.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ltdi_ray.diffusion.schedules import Schedule
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (N, D), t (N,), cond) -> (N, D)
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
-WEIGHTINGS = ("eps", "mean")
+WEIGHTINGS = ("eps", "mean", "x0")
 
 
 def segment_ends(steps: int, segments: int) -> torch.Tensor:
@@ -120,9 +120,12 @@ class TrajectoryDiffusion:
         return a.to(x_t.dtype).unsqueeze(-1) * target + b.to(x_t.dtype).unsqueeze(-1) * x_t
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """1 / (per-t divisor): eps weighting divides by beta^2 / (alpha (1 - abar)); mean: 1."""
+        """1 / (per-t divisor): eps divides by beta^2 / (alpha (1 - abar)); x0 by a_t^2 (an x0-space
+        error, uniform over t); mean: 1."""
         if self.weighting == "mean":
             return torch.ones_like(t, dtype=torch.float64)
+        if self.weighting == "x0":
+            return 1.0 / self.global_coefs(t)[0] ** 2
         s = self.schedule
         beta, alpha, abar = s.beta.to(t.device)[t], s.alpha.to(t.device)[t], s.abar.to(t.device)[t]
         return alpha * (1 - abar) / beta**2

@@ -44,7 +44,7 @@ def single_level_step(gen: Generator, diffusion: TrajectoryDiffusion, opt: torch
     loss = task_loss(gen, diffusion, targets, support_x, support_y, draws)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def reptile_meta_gradient(gen: Generator, diffusion: TrajectoryDiffusion, targets, support_x, support_y,
@@ -65,7 +65,7 @@ def reptile_meta_gradient(gen: Generator, diffusion: TrajectoryDiffusion, target
             with torch.no_grad():
                 for p, g in zip(params, grads):
                     p.sub_(inner_lr * g)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         with torch.no_grad():
             for p, p0, d in zip(params, phi, deltas):
                 d.add_(p0 - p)

@@ -41,7 +41,10 @@ class SinusoidFamily(TaskFamily):
         scale = lambda u, lo_hi: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * u  # noqa: E731
         amp = scale(counter_uniform(seeds, 1, 0), c.amplitude)
         phase = scale(counter_uniform(seeds, 1, 1), c.phase)
-        pool_x = scale(counter_uniform(seeds, c.pool_size, 2), c.x_range)[..., None]
+        if c.pool == "grid":  # targets then depend on (A, p) alone, not on where the pool points fell
+            pool_x = np.broadcast_to(np.linspace(*c.x_range, c.pool_size), (len(seeds), c.pool_size))[..., None]
+        else:
+            pool_x = scale(counter_uniform(seeds, c.pool_size, 2), c.x_range)[..., None]
         query_x = scale(counter_uniform(seeds, c.query_size, 3), c.x_range)[..., None]
         # K distinct pool indices: the K smallest of P random keys
         support_idx = np.argsort(counter_uniform(seeds, c.pool_size, 4), axis=1)[:, : c.shots]
