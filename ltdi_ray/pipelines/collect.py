@@ -118,7 +118,7 @@ def _scan_existing(loc: Location) -> List[PartSummary]:
     return parts
 
 
-def _collect_missing(cfg: Config, loc: Location, done: np.ndarray, n_missing: int) -> List[PartSummary]:
+def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray) -> List[PartSummary]:
     import ray
 
     from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
@@ -133,12 +133,11 @@ def _collect_missing(cfg: Config, loc: Location, done: np.ndarray, n_missing: in
             raise ConfigError(f"collect.gpus_per_actor={c.gpus_per_actor} but the cluster has no GPUs")
     else:
         auto = int(resources.get("CPU", 1) // c.cpus_per_actor)
-    actors = min(c.num_actors or max(1, auto), math.ceil(n_missing / c.batch_size))
-    log.info("collect: %d tasks to collect on %d actor(s), %d tasks per batch", n_missing, actors, c.batch_size)
+    actors = min(c.num_actors or max(1, auto), math.ceil(len(missing) / c.batch_size))
+    log.info("collect: %d tasks to collect on %d actor(s), %d tasks per batch", len(missing), actors, c.batch_size)
     # Blocks of missing task ids, one per collector call, made on the driver: a `range` read
     # would need CPU slots that the actor pool holds (a hang, RAY_NOTES 0.4) or a separate
     # materialising pass, and resuming needs the list of missing ids anyway.
-    missing = np.setdiff1d(np.arange(c.num_tasks, dtype=np.int64), done)
     blocks = [pa.table({"id": ids}) for ids in np.split(missing, range(c.batch_size, len(missing), c.batch_size))]
     ds = ray.data.from_blocks(blocks).map_batches(
         TrajectoryCollector, batch_size=c.batch_size, batch_format="numpy",
@@ -201,9 +200,9 @@ def run_collect(cfg: Config) -> dict:
         loc.remove(MANIFEST)
     existing = _scan_existing(loc)
     done = np.concatenate([p.task_ids for p in existing]) if existing else np.zeros(0, np.int64)
-    n_missing = cfg.collect.num_tasks - int(np.isin(np.arange(cfg.collect.num_tasks), done).sum())
-    log.info("collect: %s has %d of %d tasks", loc, cfg.collect.num_tasks - n_missing, cfg.collect.num_tasks)
-    new = _collect_missing(cfg, loc, done, n_missing) if n_missing else []
+    missing = np.setdiff1d(np.arange(cfg.collect.num_tasks, dtype=np.int64), done)
+    log.info("collect: %s has %d of %d tasks", loc, cfg.collect.num_tasks - len(missing), cfg.collect.num_tasks)
+    new = _collect_missing(cfg, loc, missing) if len(missing) else []
     manifest = _finalise(loc, cfg, existing + new, spec, family.describe(), row_schema(cfg, family, spec))
     log.info("collect: wrote %s (%d files, D=%d)", loc.child(MANIFEST), len(manifest["files"]), spec.dim)
     return {**summary, "tasks": manifest["num_tasks"], "new_tasks": int(sum(p.rows for p in new)),
