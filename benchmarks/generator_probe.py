@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ltdi_ray.config import load_config
-from ltdi_ray.diffusion import Schedule, TrajectoryDiffusion, target_indices
+from ltdi_ray.diffusion import make_diffusion
 from ltdi_ray.meta import Generator, apply_meta_gradient, reptile_meta_gradient, single_level_step
 from ltdi_ray.models import ResMLPDenoiser, SetEncoder, WeightNormalizer
 from ltdi_ray.models.denoiser import DenoiserPreset
@@ -36,6 +36,10 @@ def main() -> None:
     p.add_argument("--parameterization", default="x0")
     p.add_argument("--weighting", default="x0")
     p.add_argument("--schedule", default="linear")
+    p.add_argument("--variant", default="local_consistency")
+    p.add_argument("--bridge-noise", type=float, default=0.5)
+    p.add_argument("--no-residual", action="store_true")
+    p.add_argument("--width", type=int, default=256)
     p.add_argument("--steps", type=int, default=1500, help="training steps")
     p.add_argument("--meta", default="none", choices=["none", "reptile"])
     args = p.parse_args()
@@ -46,12 +50,13 @@ def main() -> None:
     rows = ds.load(["checkpoints", "pool_x", "pool_y"])
     stats = read_norm_stats(ds.loc)
     norm = WeightNormalizer(torch.from_numpy(stats["mean"]), torch.from_numpy(stats["std"]))
-    targets = norm.normalize(torch.from_numpy(rows["checkpoints"][:, target_indices(ds.manifest["steps"], args.segments)]))
+    diff = make_diffusion(args.variant, args.schedule, 20, args.segments, args.parameterization, args.weighting,
+                          bridge_noise=args.bridge_noise, bridge_residual=not args.no_residual)
+    targets = norm.normalize(torch.from_numpy(rows["checkpoints"][:, diff.checkpoint_indices(ds.manifest["steps"])]))
     px, py = torch.from_numpy(rows["pool_x"]), torch.from_numpy(rows["pool_y"])
     shots = ds.manifest["config"]["task"]["shots"]
-    diff = TrajectoryDiffusion(Schedule.make(args.schedule, 20), args.segments, args.parameterization, args.weighting)
     dim = targets.shape[-1]
-    gen = Generator(SetEncoder(1, 1, 64), ResMLPDenoiser(dim, 20, DenoiserPreset(256, 3, 64)))
+    gen = Generator(SetEncoder(1, 1, 64), ResMLPDenoiser(dim, 20, DenoiserPreset(args.width, 3, 64)))
     opt = torch.optim.Adam(gen.parameters(), lr=1e-3)
     start = time.time()
     for _ in range(args.steps):
@@ -75,7 +80,8 @@ def main() -> None:
     with torch.no_grad():
         c = gen.cond(sx, sy)
         for sampler, steps in [("ddpm", None), ("ddim", None), ("ddim", 5), ("ddim", 1)]:
-            z = diff.sample(gen.denoiser, c, dim, sampler, steps, torch.Generator().manual_seed(1))
+            z = diff.sample(gen.denoiser, c, dim, start=norm.normalize(batcher.shared_theta0), sampler=sampler,
+                            sample_steps=steps, generator=torch.Generator().manual_seed(1))
             mse = evaluate(batcher.loss, norm.denormalize(z).unsqueeze(1), qx, qy)[:, 0]
             out[f"{sampler}{steps or ''}"] = {"mean": round(float(mse.mean()), 3), "median": round(float(mse.median()), 3)}
         init = evaluate(batcher.loss, batcher.shared_theta0.expand(300, 1, -1), qx, qy)[:, 0]

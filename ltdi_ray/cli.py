@@ -17,8 +17,11 @@ from ltdi_ray.errors import LtdiError
 
 def _stages() -> Dict[str, Callable]:
     from ltdi_ray.pipelines.collect import run_collect
+    from ltdi_ray.pipelines.evaluate import run_evaluate
+    from ltdi_ray.pipelines.pipeline import run_pipeline
+    from ltdi_ray.pipelines.train import run_train
 
-    return {"collect": run_collect}
+    return {"collect": run_collect, "train": run_train, "evaluate": run_evaluate, "pipeline": run_pipeline}
 
 
 USAGE = "usage: python -m ltdi_ray <stage> [key=value ...]   stages: {stages}"

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from ltdi_ray.diffusion import Schedule, TrajectoryDiffusion
+from ltdi_ray.diffusion import Schedule, TrajectoryDiffusion, make_diffusion
 from ltdi_ray.meta import Generator, apply_meta_gradient, reptile_meta_gradient, single_level_step, task_loss
 from ltdi_ray.models import PRESETS, ResMLPDenoiser, SetEncoder, WeightNormalizer
 
@@ -57,9 +57,10 @@ def test_single_level_training_reduces_the_loss():
     assert after < 0.5 * before
 
 
-def test_reptile_meta_gradient_is_the_mean_displacement_of_per_task_sgd():
-    diff = TrajectoryDiffusion(Schedule.make("linear", T), segments=2)
-    targets, sx, sy = _batch(b=3)
+@pytest.mark.parametrize("variant", ["local_consistency", "bridge"])
+def test_reptile_meta_gradient_is_the_mean_displacement_of_per_task_sgd(variant):
+    diff = make_diffusion(variant, "linear", T, 2)
+    targets, sx, sy = _batch(b=3, k=3 if variant == "bridge" else 2)
     gen = _generator()
     phi = [p.detach().clone() for p in gen.parameters()]
     torch.manual_seed(11)

@@ -1,6 +1,6 @@
 """Configuration: dataclass schemas, Hydra composition and validation."""
 
-from ltdi_ray.config.compose import compose_dict, load_config, to_config, to_plain
+from ltdi_ray.config.compose import compose_dict, config_from_plain, load_config, to_config, to_plain
 from ltdi_ray.config.schema import (
     CollectConfig,
     Config,
@@ -13,5 +13,5 @@ from ltdi_ray.config.schema import (
 
 __all__ = [
     "CollectConfig", "Config", "OmniglotTaskConfig", "RayConfig", "SinusoidTaskConfig", "StorageConfig",
-    "TrajectoryConfig", "compose_dict", "load_config", "to_config", "to_plain",
+    "TrajectoryConfig", "compose_dict", "config_from_plain", "load_config", "to_config", "to_plain",
 ]

@@ -94,6 +94,20 @@ def load_config(overrides: Sequence[str] = ()) -> Config:
     return to_config(compose_dict(overrides))
 
 
+def config_from_plain(data: dict) -> Config:
+    """Rebuild a validated :class:`Config` from :func:`to_plain`'s dict (checkpoints, Ray workers)."""
+    register_schemas()
+    family = (data.get("task") or {}).get("family")
+    if family not in TASK_SCHEMAS:
+        raise ConfigError(f"config has unknown task family {family!r} (known: {', '.join(TASK_SCHEMAS)})")
+    try:
+        base = OmegaConf.structured(Config)
+        base.task = OmegaConf.structured(TASK_SCHEMAS[family])
+        return to_config(OmegaConf.merge(base, data))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from None
+
+
 def to_plain(cfg: Config) -> dict:
     """A JSON/YAML-safe nested dict of a validated config."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -15,13 +15,8 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from ltdi_ray.errors import ConfigError
-
-
-def check(ok: bool, key: str, message: str) -> None:
-    """Raise a :class:`ConfigError` naming ``key`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"config key '{key}': {message}")
+from ltdi_ray.config.checks import check
+from ltdi_ray.config.method import DiffusionConfig, EvaluateConfig, ModelConfig, TrainConfig
 
 
 def _absolute(uri: str) -> str:
@@ -42,7 +37,7 @@ class SinusoidTaskConfig:
     family: str = "sinusoid"
     shots: int = 5  # K: support size, the generator's condition
     pool_size: int = 100  # points the inner optimiser trains on (support is a subset)
-    pool: str = "random"  # random: x ~ U(x_range) per task; grid: the same evenly spaced x for every task
+    pool: str = "grid"  # grid: the same evenly spaced x for every task (targets depend on the task alone); random: x ~ U(x_range)
     query_size: int = 100  # held-out points, scoring only
     amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])
     phase: List[float] = field(default_factory=lambda: [0.0, math.pi])
@@ -179,6 +174,10 @@ class Config:
     collect: CollectConfig = field(default_factory=CollectConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.task, OmniglotTaskConfig):

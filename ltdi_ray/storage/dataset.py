@@ -55,22 +55,24 @@ class TrajectoryDataset:
 
         Meant for small datasets, tests and evaluation; training streams the files with Ray Data.
         """
-        data_dir, parts = self.loc.child(DATA_DIR), []
-        for rec in self.manifest["files"]:
-            name = rec["path"].split("/", 1)[1]
-            _, table = read_part(data_dir, name, rec["sha256"] if verify else None)
-            missing = set(columns or self.schema) - set(table.column_names)
-            if missing:
-                raise DataError(f"trajectory file {data_dir.child(name)} lacks columns {sorted(missing)}")
-            arrays = table_to_arrays(table, self.schema, columns)
-            if verify:
-                self._check_part(arrays, data_dir.child(name))
-            parts.append(arrays)
+        parts = [self.read_file(rec, columns, verify) for rec in self.manifest["files"]]
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if "task_id" in out:
             order = np.argsort(out["task_id"], kind="stable")
             out = {k: v[order] for k, v in out.items()}
         return out
+
+    def read_file(self, record: dict, columns: Optional[List[str]] = None, verify: bool = True) -> Dict[str, np.ndarray]:
+        """One data file (a ``manifest["files"]`` record) as validated arrays."""
+        data_dir, name = self.loc.child(DATA_DIR), record["path"].split("/", 1)[1]
+        _, table = read_part(data_dir, name, record["sha256"] if verify else None)
+        missing = set(columns or self.schema) - set(table.column_names)
+        if missing:
+            raise DataError(f"trajectory file {data_dir.child(name)} lacks columns {sorted(missing)}")
+        arrays = table_to_arrays(table, self.schema, columns)
+        if verify:
+            self._check_part(arrays, data_dir.child(name))
+        return arrays
 
     def _check_part(self, arrays: Dict[str, np.ndarray], where: Location) -> None:
         ckpt = arrays.get("checkpoints")

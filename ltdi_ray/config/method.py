@@ -1,0 +1,140 @@
+"""Config schemas of the method: diffusion, generator model, meta-training and evaluation.
+
+Defaults are the measured winners on sinusoid 5-shot (README "Method choices"); every open
+choice of DESIGN 2.3 stays a key so Tune can sweep it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from ltdi_ray.config.checks import check
+
+VARIANTS = ("local_consistency", "bridge")
+SCHEDULES = ("linear", "cosine", "sigmoid")
+PRESETS = ("tiny", "small", "base")
+METHODS = ("init", "finetune", "maml", "fomaml", "reptile", "single_level", "vanilla", "ltdi", "ltdi_finetune")
+
+
+@dataclass
+class DiffusionConfig:
+    """The diffusion process over normalised weights (DESIGN 2.3)."""
+
+    variant: str = "bridge"  # local_consistency | bridge
+    segments: int = 3  # k; 1 = vanilla diffusion on the final weights
+    schedule: str = "linear"
+    steps: int = 20  # T
+    parameterization: str = "x0"  # local_consistency only: eps | x0 | v
+    weighting: str = "x0"  # local_consistency only: eps | mean | x0
+    clip: Optional[float] = None  # local_consistency only: clip x0_hat while sampling
+    bridge_noise: float = 0.5  # bridge only: s, in normalised-weight units
+    bridge_residual: bool = True  # bridge only: the network predicts the step to the segment end
+    bridge_start_noise: float = 0.5  # bridge only: training noise on each segment's start (robust chains)
+    sampler: str = "ddim"  # ddpm | ddim
+    sample_steps: Optional[int] = 1  # ddim: steps actually taken (bridge: per segment end at least); None = all T
+
+    def __post_init__(self) -> None:
+        check(self.variant in VARIANTS, "diffusion.variant", f"must be one of {VARIANTS}, got {self.variant!r}")
+        check(self.schedule in SCHEDULES, "diffusion.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
+        check(2 <= self.steps <= 1000, "diffusion.steps", f"must be in [2, 1000], got {self.steps}")
+        check(1 <= self.segments <= self.steps, "diffusion.segments",
+              f"must be in [1, diffusion.steps={self.steps}], got {self.segments}")
+        check(self.parameterization in ("eps", "x0", "v"), "diffusion.parameterization",
+              f"must be eps, x0 or v, got {self.parameterization!r}")
+        check(self.weighting in ("eps", "mean", "x0"), "diffusion.weighting",
+              f"must be eps, mean or x0, got {self.weighting!r}")
+        check(self.clip is None or self.clip > 0, "diffusion.clip", f"must be > 0 or null, got {self.clip}")
+        check(self.bridge_noise >= 0, "diffusion.bridge_noise", f"must be >= 0, got {self.bridge_noise}")
+        check(self.bridge_start_noise >= 0, "diffusion.bridge_start_noise", f"must be >= 0, got {self.bridge_start_noise}")
+        check(self.sampler in ("ddpm", "ddim"), "diffusion.sampler", f"must be ddpm or ddim, got {self.sampler!r}")
+        check(self.sample_steps is None or 1 <= self.sample_steps <= self.steps, "diffusion.sample_steps",
+              f"must be in [1, diffusion.steps={self.steps}] or null, got {self.sample_steps}")
+
+
+@dataclass
+class ModelConfig:
+    """Generator networks: a denoiser preset and the task encoder's width."""
+
+    preset: str = "small"  # tiny | small | base (ltdi_ray.models.PRESETS)
+    encoder_width: int = 128
+
+    def __post_init__(self) -> None:
+        check(self.preset in PRESETS, "model.preset", f"must be one of {PRESETS}, got {self.preset!r}")
+        check(self.encoder_width >= 8, "model.encoder_width", f"must be >= 8, got {self.encoder_width}")
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training of the generator (DESIGN 2.5) on Ray Train."""
+
+    meta: str = "none"  # none (single level) | reptile: see README "Method choices" for why none is the CPU default
+    epochs: int = 10  # a metric report + checkpoint per epoch
+    steps_per_epoch: int = 200  # outer steps per epoch
+    meta_batch: int = 64  # tasks per outer step (global, whatever the worker count)
+    draws: int = 4  # noise draws (t, eps) per task and segment in each loss
+    inner_steps: int = 3  # reptile: K SGD steps per task
+    inner_lr: float = 0.005  # reptile inner SGD learning rate
+    lr: float = 1e-3  # outer Adam learning rate
+    resample_support: bool = True  # condition on a fresh K-subset of the task's pool every step
+    val_tasks: int = 100  # validation tasks generated at every epoch end
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.meta in ("reptile", "none"), "train.meta", f"must be reptile or none, got {self.meta!r}")
+        for key in ("epochs", "steps_per_epoch", "meta_batch", "draws", "inner_steps", "num_workers"):
+            check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
+        for key in ("inner_lr", "lr"):
+            value = getattr(self, key)
+            check(value > 0 and math.isfinite(value), f"train.{key}", f"must be a positive number, got {value}")
+        check(self.val_tasks >= 1, "train.val_tasks", f"must be >= 1, got {self.val_tasks}")
+        check(self.max_failures >= 0, "train.max_failures", f"must be >= 0, got {self.max_failures}")
+        check(self.cpus_per_worker > 0, "train.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+
+
+@dataclass
+class BaselineConfig:
+    """Gradient-based meta-learned inits (MAML, first-order MAML, Reptile) evaluate compares against."""
+
+    meta_steps: int = 5000  # outer iterations
+    meta_batch: int = 25  # tasks per outer step (MAML paper: 25)
+    inner_steps: int = 5  # SGD steps inside meta-training
+    inner_lr: float = 0.01  # MAML paper: 0.01
+    outer_lr: float = 1e-3  # Adam
+
+    def __post_init__(self) -> None:
+        for key in ("meta_steps", "meta_batch", "inner_steps"):
+            check(getattr(self, key) >= 1, f"evaluate.baseline.{key}", f"must be >= 1, got {getattr(self, key)}")
+        for key in ("inner_lr", "outer_lr"):
+            check(getattr(self, key) > 0, f"evaluate.baseline.{key}", f"must be > 0, got {getattr(self, key)}")
+
+
+@dataclass
+class EvaluateConfig:
+    """The comparison table on unseen tasks (DESIGN 2.6)."""
+
+    num_tasks: int = 600
+    split: str = "test"
+    methods: List[str] = field(default_factory=lambda: list(METHODS))
+    adapt_steps: int = 10  # SGD steps on the support for maml / fomaml / reptile / ltdi_finetune
+    adapt_lr: float = 0.01
+    num_samples: int = 1  # generated candidates per task; the lowest support loss is kept
+    ablation_epochs: Optional[int] = None  # single_level / vanilla runs: train.epochs by default
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+
+    def __post_init__(self) -> None:
+        check(self.num_tasks >= 2, "evaluate.num_tasks", f"must be >= 2, got {self.num_tasks}")
+        check(self.split in ("val", "test"), "evaluate.split", f"must be val or test, got {self.split!r}")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        check(not unknown and len(self.methods) > 0, "evaluate.methods",
+              f"unknown {unknown}; choose from {list(METHODS)}")
+        check(self.adapt_steps >= 0, "evaluate.adapt_steps", f"must be >= 0, got {self.adapt_steps}")
+        check(self.adapt_lr > 0, "evaluate.adapt_lr", f"must be > 0, got {self.adapt_lr}")
+        check(self.num_samples >= 1, "evaluate.num_samples", f"must be >= 1, got {self.num_samples}")
+        check(self.ablation_epochs is None or self.ablation_epochs >= 1, "evaluate.ablation_epochs",
+              f"must be >= 1 or null, got {self.ablation_epochs}")

@@ -1,0 +1,137 @@
+"""The ``bridge`` variant (DESIGN 2.3): Brownian bridges between consecutive trajectory targets.
+
+Segment i runs over steps (e_i, e_{i-1}] (e_0 = T) from target_{i-1} (target_0 = theta_0, where
+sampling starts) to target_i. At local position l in [0, 1] (l = 1 at target_{i-1}, l = 0 at
+target_i) the marginal is
+
+    x = (1 - l) target_i + l target_{i-1} + s sqrt(l (1 - l)) eps,
+
+with l warped by the noise schedule: l(u) = (1 - abar(u)) / (1 - abar(1)) for the fraction u of
+the segment still ahead. The network predicts the segment's end point target_i from (x, t, c) (as the step target_i - x
+with ``residual``, so late segments only learn a small correction);
+a reverse step from l to l' < l is the bridge posterior pinned at the prediction,
+
+    x' = target_hat + (l' / l) (x - target_hat) + s sqrt(l' (l - l') / l) z,
+
+which is deterministic (DDIM-like, any step subset) when z is left out. Unlike the
+local-consistency form, every segment's input distribution at its start is the previous
+segment's end point, so the chain never sees an input it was not trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ltdi_ray.diffusion.process import Denoiser, segment_ends, target_indices
+from ltdi_ray.diffusion.schedules import SCHEDULES, Schedule
+
+
+@dataclass(frozen=True)
+class BridgeDiffusion:
+    """Training loss and samplers for k bridge segments from theta_0 to theta_M."""
+
+    schedule: Schedule
+    segments: int = 3
+    noise: float = 0.5  # s: bridge noise in normalised-weight units
+    residual: bool = True  # the network predicts target_i - x (a small step late in the trajectory)
+    start_noise: float = 0.0  # training-only noise on target_{i-1}: teaches recovery from an imperfect start
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.segments <= self.schedule.steps:
+            raise ValueError(f"segments must be in [1, T={self.schedule.steps}], got {self.segments}")
+        if self.noise < 0:
+            raise ValueError(f"bridge noise must be >= 0, got {self.noise}")
+
+    @property
+    def steps(self) -> int:
+        return self.schedule.steps
+
+    @property
+    def starts_from_theta0(self) -> bool:
+        return True
+
+    def checkpoint_indices(self, checkpoint_steps: Sequence[int]) -> List[int]:
+        """Checkpoints used as targets: theta_0 then the k segment ends (k + 1 indices)."""
+        return [0] + target_indices(checkpoint_steps, self.segments)
+
+    def _bounds(self, t: torch.Tensor):
+        """Segment index (0-based), its end e_i and its length for steps ``t (N,)`` in [1, T]."""
+        ends = segment_ends(self.steps, self.segments).to(t.device)
+        starts = torch.cat([ends.new_tensor([self.steps]), ends[:-1]])
+        seg = (t.unsqueeze(-1) <= ends.unsqueeze(0)).sum(-1)  # segments whose end is at or above t
+        return seg, ends[seg], starts[seg] - ends[seg]
+
+    def position(self, t: torch.Tensor) -> torch.Tensor:
+        """l(t) in (0, 1] for t in (e_i, e_{i-1}] (t = e_{i-1} is l = 1), float64 ``(N,)``."""
+        seg, end, length = self._bounds(t.clamp_min(1))
+        u = ((t - end).double() / length.double()).clamp(0, 1)
+        warp = SCHEDULES[self.schedule.name]
+        return (1 - warp(u)) / (1 - warp(torch.ones_like(u)))
+
+    def predict(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Network output -> predicted segment end."""
+        return x + out if self.residual else out
+
+    def draw(self, bsz: int, dim: int, generator: Optional[torch.Generator] = None,
+             device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+        """The randomness of one loss evaluation: per (task, segment) a step t ~ U{e_i + 1..e_{i-1}},
+        its position l(t), bridge noise and start noise."""
+        k = self.segments
+        ends = segment_ends(self.steps, k).to(device)
+        starts = torch.cat([ends.new_tensor([self.steps]), ends[:-1]])
+        u = torch.rand(bsz, k, generator=generator, device=device, dtype=torch.float64)
+        t = (ends + 1 + torch.floor(u * (starts - ends)).long()).reshape(-1)
+        noise = torch.randn(2, bsz * k, dim, generator=generator, device=device, dtype=dtype)
+        return {"t": t, "lam": self.position(t).float(), "noise": noise[0], "start_noise": noise[1]}
+
+    def training_loss(self, model: Denoiser, targets: torch.Tensor, cond: torch.Tensor,
+                      generator: Optional[torch.Generator] = None,
+                      draw: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """Mean squared error of the predicted segment end: targets ``(B, k + 1, D)`` (theta_0 first).
+
+        The randomness comes from ``draw`` (see :meth:`draw`) or is drawn here from ``generator``.
+        """
+        bsz, n, dim = targets.shape
+        draw = draw if draw is not None else self.draw(bsz, dim, generator, targets.device, targets.dtype)
+        t, noise = draw["t"], draw["noise"].to(targets.dtype)
+        lam = draw["lam"].to(targets.dtype).unsqueeze(-1)
+        end, begin = targets[:, 1:].reshape(-1, dim), targets[:, :-1].reshape(-1, dim)
+        begin = begin + self.start_noise * draw["start_noise"].to(targets.dtype)
+        x = (1 - lam) * end + lam * begin + self.noise * (lam * (1 - lam)).sqrt() * noise
+        pred = self.predict(model(x, t, cond.repeat_interleave(n - 1, dim=0)), x)
+        return (pred - end).square().mean()
+
+    @torch.no_grad()
+    def sample(self, model: Denoiser, cond: torch.Tensor, dim: int, start: torch.Tensor, sampler: str = "ddpm",
+               sample_steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
+               return_chain: bool = False):
+        """Walk the bridges from ``start`` (normalised theta_0, ``(N, D)`` or ``(D,)``) to theta_M.
+
+        ``ddpm`` takes every step with bridge noise; ``ddim`` is deterministic over about
+        ``sample_steps`` steps (every segment end is always visited).
+        """
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be ddpm or ddim, got {sampler!r}")
+        n = cond.shape[0]
+        x = start.to(cond.device, torch.float32).expand(n, dim).clone()
+        ends = segment_ends(self.steps, self.segments).tolist()
+        grid = range(self.steps, -1, -1)
+        if sampler == "ddim" and sample_steps:
+            grid = torch.linspace(self.steps, 0, sample_steps + 1).round().long().tolist()
+        grid = sorted(set(grid) | set(ends) | {self.steps}, reverse=True)
+        chain = [(self.steps, x)]
+        for cur, nxt in zip(grid[:-1], grid[1:]):
+            t = torch.full((n,), cur, device=cond.device, dtype=torch.long)
+            pred = self.predict(model(x, t, cond), x)
+            lam = self.position(t)[0].item()
+            lam_next = 0.0 if nxt in ends else self.position(t.new_full((1,), nxt))[0].item()
+            ratio = lam_next / lam
+            x = pred + ratio * (x - pred)
+            if sampler == "ddpm" and lam_next > 0 and self.noise > 0:
+                std = self.noise * (lam_next * (lam - lam_next) / lam) ** 0.5
+                x = x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            chain.append((nxt, x))
+        return (x, chain) if return_chain else x

@@ -1,0 +1,140 @@
+"""The public generation API: ``load_generator(uri)`` -> :class:`WeightGenerator`.
+
+    gen = ltdi_ray.load_generator("./ltdi_runs/sinusoid/generator")
+    model = gen.generate(support_x, support_y)          # a ready torch.nn.Module, no gradient steps
+    thetas = gen.generate_batch(sx, sy, num_samples=4)  # (B, D) flat weights for B tasks at once
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch.func import functional_call
+
+from ltdi_ray.config.compose import config_from_plain
+from ltdi_ray.errors import DataError
+from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model
+from ltdi_ray.generator.checkpoint import MODEL, STATS, read_meta, read_tensors
+from ltdi_ray.models import WeightNormalizer
+from ltdi_ray.nets.paramspec import ParamSpec
+from ltdi_ray.storage.fs import Location
+from ltdi_ray.tasks import make_family
+from ltdi_ray.trajectories import evaluate, make_loss, make_metric
+
+
+class WeightGenerator:
+    """A trained generator with everything needed to turn a support set into base-net weights."""
+
+    def __init__(self, cfg, spec: ParamSpec, facts: DataFacts, model: torch.nn.Module, norm: WeightNormalizer,
+                 theta0: torch.Tensor, meta: Optional[dict] = None):
+        self.cfg, self.spec, self.facts, self.meta = cfg, spec, facts, meta or {}
+        self.family = make_family(cfg.task, cfg.storage.endpoint_url)
+        self.model, self.norm, self.theta0 = model.eval(), norm, theta0
+        self.diffusion = build_diffusion(cfg)
+        self.net = self.family.build_net()
+        self.loss = make_loss(self.net, spec, self.family.loss)
+        self.metric = make_metric(self.net, spec, self.family.loss)
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> "WeightGenerator":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.norm.to(self.device)
+        self.theta0 = self.theta0.to(self.device)
+        self.net.to(self.device)
+        return self
+
+    def check_support(self, support_x, support_y) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Validate a batched support set against the family's episode shapes."""
+        fields = self.family.fields()
+        want_x, want_y = tuple(fields["pool_x"][0][1:]), tuple(fields["pool_y"][0][1:])
+        out = []
+        for name, value, want in (("support_x", support_x, want_x), ("support_y", support_y, want_y)):
+            value = torch.as_tensor(value)
+            if value.dim() != len(want) + 2 or tuple(value.shape[2:]) != want:
+                raise DataError(f"{name} must have shape (tasks, shots{''.join(f', {w}' for w in want)}), "
+                                f"got {tuple(value.shape)}")
+            if not (value.is_floating_point() or (name == "support_y" and self.family.loss != "mse")):
+                raise DataError(f"{name} must be a floating-point tensor, got {value.dtype}")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise DataError(f"{name} contains NaN or Inf")
+            out.append(value.to(self.device, torch.float32 if value.is_floating_point() else torch.long))
+        if out[0].shape[:2] != out[1].shape[:2]:
+            raise DataError(f"support_x {tuple(out[0].shape[:2])} and support_y {tuple(out[1].shape[:2])} "
+                            "disagree on (tasks, shots)")
+        return out[0], out[1]
+
+    @torch.no_grad()
+    def generate_batch(self, support_x, support_y, num_samples: int = 1, seed: Optional[int] = None,
+                       sampler: Optional[str] = None, sample_steps: Optional[int] = None) -> torch.Tensor:
+        """Weights for B tasks in one batched chain: supports ``(B, K, ...)`` -> ``(B, D)``.
+
+        With ``num_samples = n`` every task gets n candidates and keeps the one with the lowest
+        loss on its own support set.
+        """
+        if num_samples < 1:
+            raise DataError(f"num_samples must be >= 1, got {num_samples}")
+        sx, sy = self.check_support(support_x, support_y)
+        bsz = sx.shape[0]
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(int(torch.seed() if seed is None else seed))
+        cond = self.model.cond(sx, sy).repeat_interleave(num_samples, dim=0)
+        start = self.norm.normalize(self.theta0)
+        z = self.diffusion.sample(self.model.denoiser, cond, self.spec.dim, start=start,
+                                  sampler=sampler or self.cfg.diffusion.sampler,
+                                  sample_steps=sample_steps or self.cfg.diffusion.sample_steps, generator=rng)
+        thetas = self.norm.denormalize(z).view(bsz, num_samples, -1)
+        if num_samples == 1:
+            return thetas[:, 0]
+        support_loss = evaluate(self.loss, thetas, sx, sy)  # (B, n)
+        best = support_loss.nan_to_num(float("inf")).argmin(dim=1)
+        return thetas[torch.arange(bsz, device=self.device), best]
+
+    def generate(self, support_x, support_y, num_samples: int = 1, seed: Optional[int] = None) -> torch.nn.Module:
+        """A ready base network for one task: ``support_x (K, ...)``, ``support_y (K, ...)``."""
+        sx, sy = torch.as_tensor(support_x), torch.as_tensor(support_y)
+        theta = self.generate_batch(sx.unsqueeze(0), sy.unsqueeze(0), num_samples, seed)[0]
+        return self.to_module(theta)
+
+    def to_module(self, theta: torch.Tensor) -> torch.nn.Module:
+        """A fresh base network holding the flat weights ``theta (D,)``."""
+        net = self.family.build_net().to(self.device)
+        with torch.no_grad():
+            for name, value in self.spec.unflatten(theta.to(self.device)).items():
+                net.get_parameter(name).copy_(value)
+        return net.eval()
+
+    def query_metric(self, thetas: torch.Tensor, episodes: dict) -> torch.Tensor:
+        """Query MSE (regression) or accuracy of weights ``(B, D)`` on episodes ``(B, ...)`` -> ``(B,)``."""
+        qx = self.family.to_torch(episodes["query_x"]).to(self.device)
+        qy = self.family.targets_to_torch(episodes["query_y"]).to(self.device)
+        return evaluate(self.metric, thetas.unsqueeze(1), qx, qy)[:, 0]
+
+    def predict(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The base network at flat weights ``theta (D,)`` on inputs ``x (N, ...)``."""
+        return functional_call(self.net, self.spec.unflatten(theta), (x,))
+
+
+def load_generator(uri: str, endpoint_url: Optional[str] = None, device: str = "cpu") -> WeightGenerator:
+    """Load a generator checkpoint directory (local path or s3://) written by ``train``."""
+    loc = Location.parse(uri, endpoint_url)
+    loc.check_reachable()
+    meta = read_meta(loc)
+    cfg = config_from_plain(meta["config"])
+    if endpoint_url is not None:
+        cfg.storage.endpoint_url = endpoint_url
+    spec = ParamSpec.from_json(meta["param_spec"])
+    facts = DataFacts(dim=spec.dim, checkpoint_steps=list(meta["checkpoint_steps"]))
+    family = make_family(cfg.task, cfg.storage.endpoint_url)
+    model = build_model(cfg, family, facts)
+    try:
+        model.load_state_dict(read_tensors(loc, MODEL))
+    except RuntimeError as err:
+        raise DataError(f"{loc.child(MODEL)} does not fit the generator its config describes: "
+                        f"{str(err).splitlines()[0]}") from None
+    stats = read_tensors(loc, STATS)
+    if stats["mean"].shape != (spec.dim,) or stats["theta0"].shape != (spec.dim,):
+        raise DataError(f"{loc.child(STATS)} holds statistics for another ParamSpec (D={spec.dim} expected)")
+    norm = WeightNormalizer(stats["mean"], stats["std"])
+    return WeightGenerator(cfg, spec, facts, model, norm, stats["theta0"], meta).to(device)

@@ -1,0 +1,175 @@
+"""The evaluate stage: every method of DESIGN 2.6 on the same unseen tasks, one table.
+
+Methods: ``init`` (theta_0), ``finetune`` (the collection optimiser from theta_0 on the support),
+``maml`` / ``fomaml`` / ``reptile`` (meta-learned inits trained on the dataset's training tasks,
+then ``evaluate.adapt_steps`` SGD steps), ``single_level`` and ``vanilla`` (generators trained
+like the evaluated one but with ``train.meta=none``, resp. plain diffusion on theta_M:
+``local_consistency`` with k = 1), ``ltdi`` (the generator, zero gradient steps) and
+``ltdi_finetune`` (its weights, then the same SGD steps as MAML). Writes ``results.json`` beside
+the generator and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import replace
+from typing import Callable, Dict, Tuple
+
+import numpy as np
+import torch
+
+from ltdi_ray.config.compose import config_from_plain, to_plain
+from ltdi_ray.config.schema import Config
+from ltdi_ray.errors import DataError
+from ltdi_ray.generator.api import WeightGenerator, load_generator
+from ltdi_ray.generator.build import support_of
+from ltdi_ray.generator.checkpoint import read_meta
+from ltdi_ray.meta.baselines import MetaInitConfig, adapt, train_meta_init
+from ltdi_ray.pipelines.collect import inner_optimizer
+from ltdi_ray.storage.fs import Location
+from ltdi_ray.trajectories import run_batched
+
+log = logging.getLogger("ltdi_ray")
+# vanilla diffusion runs at its own best measured settings (x0 prediction, full DDPM chain)
+ABLATIONS = {"single_level": {"train": {"meta": "none"}},
+             "vanilla": {"diffusion": {"variant": "local_consistency", "segments": 1, "parameterization": "x0",
+                                       "weighting": "x0", "sampler": "ddpm", "sample_steps": None}}}
+
+
+def summarise(values: torch.Tensor, seconds: float) -> dict:
+    """Mean, 95% CI half-width (normal approximation) and milliseconds per task."""
+    v = values.double()
+    ci = 1.96 * float(v.std(unbiased=True)) / math.sqrt(len(v))
+    return {"mean": float(v.mean()), "ci95": ci, "ms_per_task": 1000.0 * seconds / len(v)}
+
+
+def _timed(fn: Callable[[], torch.Tensor]) -> Tuple[torch.Tensor, float]:
+    tic = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - tic
+
+
+def ablation_config(gen_cfg: Config, method: str, epochs) -> Config:
+    plain = to_plain(gen_cfg)
+    for section, values in ABLATIONS[method].items():
+        plain[section].update(values)
+    if epochs is not None:
+        plain["train"]["epochs"] = epochs
+    return config_from_plain(plain)
+
+
+def _ablation(cfg: Config, gen: WeightGenerator, method: str) -> WeightGenerator:
+    """Train (or reuse) the generator of an ablation under ``<storage.uri>/ablations/<method>``."""
+    from ltdi_ray.pipelines.train import run_train
+
+    abl = ablation_config(gen.cfg, method, cfg.evaluate.ablation_epochs)
+    abl.ray, abl.storage = cfg.ray, cfg.storage
+    if all(to_plain(getattr(abl, k)) == to_plain(getattr(gen.cfg, k)) for k in ("diffusion", "model", "train")):
+        return gen  # the evaluated generator already is this ablation (e.g. single_level when train.meta=none)
+    name = f"ablations/{method}"
+    where = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url).child(name)
+    try:
+        done = read_meta(where)["config"] == to_plain(abl)
+    except DataError:
+        done = False
+    if not done:
+        log.info("evaluate: training the %s ablation", method)
+        run_train(abl, name=name)
+    return load_generator(str(where), cfg.storage.endpoint_url)
+
+
+def _meta_init(cfg: Config, gen: WeightGenerator, method: str) -> Tuple[torch.Tensor, dict]:
+    """Train MAML / first-order MAML / Reptile on the dataset's training tasks; returns (theta, settings)."""
+    from ltdi_ray.pipelines.train import open_dataset
+
+    rows = open_dataset(cfg).load(["pool_x", "pool_y"])
+    px, py = gen.family.to_torch(rows["pool_x"]), gen.family.targets_to_torch(rows["pool_y"])
+    b = cfg.evaluate.baseline
+    mcfg = MetaInitConfig(method=method, meta_steps=b.meta_steps, meta_batch=b.meta_batch, inner_steps=b.inner_steps,
+                          inner_lr=b.inner_lr, outer_lr=b.outer_lr, seed=cfg.train.seed)
+    shots, queries = gen.family.fields()["support_idx"][0][0], 10
+
+    def sample_batch(step: int):
+        rng = np.random.default_rng([mcfg.seed, step, 7])
+        idx = torch.as_tensor(rng.integers(0, len(px), size=mcfg.meta_batch))
+        pick = torch.as_tensor(np.argsort(rng.random((mcfg.meta_batch, px.shape[1])), axis=1)[:, :shots + queries])
+        take = lambda a, p: torch.gather(a[idx], 1, p.view(p.shape + (1,) * (a.dim() - 2)).expand(  # noqa: E731
+            p.shape + a.shape[2:]))
+        s, q = pick[:, :shots], pick[:, shots:]
+        return take(px, s), take(py, s), take(px, q), take(py, q)
+
+    tic = time.perf_counter()
+    theta, history = train_meta_init(gen.loss, gen.theta0, sample_batch, mcfg)
+    settings = {**mcfg.describe(), "train_tasks": len(px), "support": shots, "outer_query": queries,
+                "meta_train_s": round(time.perf_counter() - tic, 1),
+                "outer_loss_first_last": [round(history[0], 4), round(float(np.mean(history[-50:])), 4)]}
+    return theta, settings
+
+
+def run_evaluate(cfg: Config) -> dict:
+    """Score every method in ``evaluate.methods`` on ``evaluate.num_tasks`` unseen tasks.
+
+    Returns ``{"stage", "uri" (results.json), "generator_uri", "tasks", "metric", "methods": {name:
+    {"mean", "ci95", "ms_per_task"}}}``.
+    """
+    torch.manual_seed(cfg.train.seed)
+    root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
+    gen_loc = root.child("generator")
+    gen = load_generator(str(gen_loc), cfg.storage.endpoint_url)
+    e, fam = cfg.evaluate, gen.family
+    episodes = fam.sample_many(e.split, range(e.num_tasks), cfg.collect.seed)
+    sx, sy = support_of(episodes, fam)
+    n = e.num_tasks
+    results: Dict[str, dict] = {}
+    settings: Dict[str, dict] = {}
+
+    def score(name: str, make: Callable[[], torch.Tensor]) -> None:
+        thetas, seconds = _timed(make)
+        results[name] = summarise(gen.query_metric(thetas, episodes), seconds)
+        log.info("evaluate: %-14s %.4f +- %.4f (%.2f ms/task)", name, results[name]["mean"], results[name]["ci95"],
+                 results[name]["ms_per_task"])
+
+    sgd = lambda theta: adapt(gen.loss, theta, sx, sy, e.adapt_steps, e.adapt_lr)  # noqa: E731
+    for method in e.methods:
+        if method == "init":
+            score(method, lambda: gen.theta0.expand(n, -1))
+        elif method == "finetune":
+            opt = inner_optimizer(gen.cfg)
+            settings[method] = {"optimizer": opt.optimizer, "lr": opt.lr, "steps": opt.steps, "data": "support"}
+            score(method, lambda: run_batched(gen.loss, gen.theta0.expand(n, -1), sx, sy,
+                                              replace(opt, save_every=opt.steps))[:, -1])
+        elif method in ("maml", "fomaml", "reptile"):
+            theta, settings[method] = _meta_init(cfg, gen, method)
+            settings[method]["adapt"] = {"optimizer": "sgd", "lr": e.adapt_lr, "steps": e.adapt_steps}
+            score(method, lambda: sgd(theta))
+        elif method in ABLATIONS:
+            abl = _ablation(cfg, gen, method)
+            settings[method] = {k: to_plain(abl.cfg)[k] for k in ("diffusion", "train")}
+            score(method, lambda: abl.generate_batch(sx, sy, e.num_samples, seed=cfg.train.seed))
+        elif method == "ltdi":
+            score(method, lambda: gen.generate_batch(sx, sy, e.num_samples, seed=cfg.train.seed))
+        elif method == "ltdi_finetune":
+            score(method, lambda: sgd(gen.generate_batch(sx, sy, e.num_samples, seed=cfg.train.seed)))
+    metric = "mse" if fam.loss == "mse" else "accuracy"
+    record = {"task": fam.name, "split": e.split, "tasks": n, "metric": metric, "shots": int(sx.shape[1]),
+              "generator_uri": str(gen_loc), "generator": {k: gen.meta["config"][k] for k in ("diffusion", "train")},
+              "methods": results, "settings": settings}
+    out = root.child("results.json")
+    root.write_atomic("results.json", json.dumps(record, indent=1).encode())
+    print(format_table(record), flush=True)
+    return {"stage": "evaluate", "uri": str(out), "generator_uri": str(gen_loc), "tasks": n, "metric": metric,
+            "methods": {k: {m: round(v, 4) for m, v in r.items()} for k, r in results.items()}}
+
+
+def format_table(record: dict) -> str:
+    """The results as a fixed-width text table."""
+    head = f"{record['task']} {record['shots']}-shot, {record['tasks']} {record['split']} tasks, query {record['metric']}"
+    lines = [head, f"{'method':<15}{'mean':>10}{'ci95':>10}{'ms/task':>10}"]
+    for name, r in record["methods"].items():
+        lines.append(f"{name:<15}{r['mean']:>10.4f}{r['ci95']:>10.4f}{r['ms_per_task']:>10.3f}")
+    for name, s in record["settings"].items():
+        lines.append(f"  {name}: {json.dumps(s, sort_keys=True)}")
+    return "\n".join(lines)

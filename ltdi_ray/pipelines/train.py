@@ -1,0 +1,122 @@
+"""The train stage: a trajectory dataset -> a generator checkpoint, on Ray Train.
+
+Ray Data reads and verifies the dataset's files (only the target checkpoints, the pools and the
+supports) and every Train worker receives all of it (``datasets_to_split=[]``): outer steps draw
+random tasks, and a shared store lets W workers reproduce a one-worker run (meta/trainer.py).
+Each epoch ends with a validation score (the quantity ``evaluate`` reports) and a checkpoint;
+the final one is published at ``<storage.uri>/<name>`` (default ``generator``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from ltdi_ray.config.compose import to_plain
+from ltdi_ray.config.schema import Config
+from ltdi_ray.errors import ConfigError, DataError
+from ltdi_ray.pipelines.collect import _diff, fingerprint
+from ltdi_ray.storage.artifact import read_norm_stats
+from ltdi_ray.storage.dataset import TrajectoryDataset
+from ltdi_ray.storage.fs import Location
+
+log = logging.getLogger("ltdi_ray")
+COLUMNS = ["task_id", "checkpoints", "pool_x", "pool_y", "support_idx"]
+
+
+def open_dataset(cfg: Config) -> TrajectoryDataset:
+    """The run's dataset, refusing one collected under another task/trajectory config."""
+    ds = TrajectoryDataset.open(str(Location.parse(cfg.storage.uri).child("trajectories")), cfg.storage.endpoint_url)
+    changes = _diff(ds.manifest["config"], fingerprint(cfg))
+    if changes:
+        raise ConfigError(f"the dataset at {ds.loc} was collected with another config ({'; '.join(changes[:3])}); "
+                          "pass the same task/trajectory keys as collect")
+    return ds
+
+
+def _read_targets(batch: Dict[str, np.ndarray], dataset: TrajectoryDataset, indices: List[int]) -> Dict[str, np.ndarray]:
+    """Ray Data map: file records -> verified rows with only the target checkpoints ``(n, D)``."""
+    parts = []
+    for rec in batch["record"]:
+        arrays = dataset.read_file(json.loads(rec), COLUMNS)
+        arrays["targets"] = np.ascontiguousarray(arrays.pop("checkpoints")[:, indices])
+        parts.append(arrays)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def run_name(cfg: Config) -> str:
+    """Stable per training config: re-running the same command resumes the same Ray Train run."""
+    key = {"data": fingerprint(cfg), "diffusion": to_plain(cfg.diffusion), "model": to_plain(cfg.model),
+           "train": to_plain(cfg.train)}
+    return "train-" + hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=6).hexdigest()
+
+
+def _storage_path(loc: Location) -> str:
+    if not loc.is_s3 or not loc.endpoint_url:
+        return loc.uri
+    region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    return f"{loc.uri}?endpoint_override={loc.endpoint_url}&region={region}"
+
+
+def _checkpoint_location(checkpoint, root: Location) -> Location:
+    return Location(("s3://" if root.is_s3 else "") + checkpoint.path.lstrip("/" if root.is_s3 else ""),
+                    root.endpoint_url)
+
+
+def run_train(cfg: Config, name: str = "generator") -> dict:
+    """Meta-train a generator on ``<storage.uri>/trajectories``; publish it at ``<storage.uri>/<name>``.
+
+    Returns ``{"stage", "uri", "generator_uri", "workers", "epochs", "val_metric", "tasks_per_s", "seconds"}``.
+    """
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ltdi_ray.generator.build import build_diffusion
+    from ltdi_ray.generator.checkpoint import copy_checkpoint, read_meta
+    from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
+    from ltdi_ray.pipelines.train_worker import train_loop_per_worker
+
+    start = time.time()
+    root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
+    root.check_reachable()
+    ds = open_dataset(cfg)
+    indices = build_diffusion(cfg).checkpoint_indices(ds.manifest["steps"])
+    stats = read_norm_stats(ds.loc)
+    t = cfg.train
+    ensure_ray(cfg.ray)
+    records = [{"record": json.dumps(rec)} for rec in ds.manifest["files"]]
+    data = ray.data.from_items(records).map_batches(
+        _read_targets, batch_size=1, fn_kwargs={"dataset": ds, "indices": indices}).materialize()
+    loop_config = {"cfg": to_plain(cfg), "mean": stats["mean"], "std": stats["std"], "indices": indices,
+                   "checkpoint_steps": ds.manifest["steps"], "param_spec": ds.manifest["param_spec"],
+                   "dataset": str(ds.loc), "name": name}
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
+        run_config=RunConfig(name=run_name(cfg), storage_path=_storage_path(root.child("train")),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": data}, dataset_config=DataConfig(datasets_to_split=[]))
+    log.info("train: %s on %d worker(s), %d epochs x %d outer steps of %d tasks (meta=%s, %s k=%d)", run_name(cfg),
+             t.num_workers, t.epochs, t.steps_per_epoch, t.meta_batch, t.meta, cfg.diffusion.variant,
+             cfg.diffusion.segments)
+    with user_errors_from_ray():
+        result = trainer.fit()
+    if result.checkpoint is None:
+        raise DataError(f"training under {root.child('train', run_name(cfg))} reported no checkpoint")
+    published = root.child(name)
+    copy_checkpoint(_checkpoint_location(result.checkpoint, root), published)
+    meta = read_meta(published)
+    metrics = meta["metrics"]
+    return {"stage": "train", "uri": str(root.child("train", run_name(cfg))), "generator_uri": str(published),
+            "workers": t.num_workers, "epochs": meta["epoch"] + 1, "val_metric": metrics["val_metric"],
+            "tasks_per_s": metrics["tasks_per_s"], "seconds": round(time.time() - start, 2)}
+

@@ -1,0 +1,97 @@
+"""``train_loop_per_worker``: what every Ray Train worker runs (see pipelines/train.py)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import List
+
+import numpy as np
+import torch
+
+from ltdi_ray.config.compose import config_from_plain
+from ltdi_ray.generator.api import WeightGenerator
+from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, support_of
+from ltdi_ray.generator.checkpoint import MODEL, read_tensors, read_train_state, write_checkpoint
+from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
+from ltdi_ray.models import WeightNormalizer
+from ltdi_ray.nets.paramspec import ParamSpec
+from ltdi_ray.storage.fs import Location
+from ltdi_ray.tasks import make_family
+from ltdi_ray.trajectories import initial_theta
+
+
+def _load_store(shard, family, norm: WeightNormalizer, device: torch.device) -> TaskStore:
+    """Every row of the (unsplit) dataset, in task-id order, as tensors on ``device``."""
+    parts = list(shard.iter_batches(batch_size=4096, batch_format="numpy"))
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(rows["task_id"], kind="stable")
+    targets = norm.normalize(torch.from_numpy(rows["targets"][order]).float())
+    return TaskStore(targets.to(device), family.to_torch(rows["pool_x"][order]).to(device),
+                     family.targets_to_torch(rows["pool_y"][order]).to(device),
+                     torch.from_numpy(rows["support_idx"][order].astype(np.int64)).to(device))
+
+
+def _allreduce(world: int):
+    if world == 1:
+        return None
+    import torch.distributed as dist
+
+    def allreduce(tensors: List[torch.Tensor]) -> None:
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+    return allreduce
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    cfg = config_from_plain(loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    t = cfg.train
+    torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+    device = torch.device("cuda" if t.use_gpu and torch.cuda.is_available() else "cpu")
+    family = make_family(cfg.task, cfg.storage.endpoint_url)
+    spec = ParamSpec.from_json(loop_config["param_spec"])
+    facts = DataFacts(dim=spec.dim, checkpoint_steps=list(loop_config["checkpoint_steps"]))
+    norm = WeightNormalizer(torch.from_numpy(loop_config["mean"]), torch.from_numpy(loop_config["std"])).to(device)
+    theta0 = initial_theta(family, cfg.trajectory.init_seed)
+    torch.manual_seed(t.seed)  # identical initial weights on every worker
+    model = build_model(cfg, family, facts).to(device)
+    trainer = MetaTrainer(model, build_diffusion(cfg), _load_store(ray.train.get_dataset_shard("train"), family,
+                                                                   norm, device), t, rank, world, _allreduce(world))
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(read_tensors(Location.parse(d), MODEL))
+            state = read_train_state(Location.parse(d))
+        trainer.opt.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+    val = family.sample_many("val", range(t.val_tasks), cfg.collect.seed)
+    val_sx, val_sy = support_of(val, family, device)
+    meta = {"config": loop_config["cfg"], "param_spec": loop_config["param_spec"],
+            "checkpoint_steps": facts.checkpoint_steps, "target_indices": loop_config["indices"],
+            "dataset": loop_config["dataset"], "num_train_tasks": len(trainer.store), "workers": world}
+    for epoch in range(start_epoch, t.epochs):
+        tic = time.time()
+        model.train()
+        losses = [trainer.step(epoch * t.steps_per_epoch + s) for s in range(t.steps_per_epoch)]
+        seconds = time.time() - tic
+        gen = WeightGenerator(cfg, spec, facts, model, norm, theta0.to(device)).to(device)
+        score = gen.query_metric(gen.generate_batch(val_sx, val_sy, seed=0), val)
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "val_metric": float(score.mean()),
+                   "val_metric_median": float(score.median()), "epoch_seconds": round(seconds, 3),
+                   "tasks_per_s": round(t.steps_per_epoch * t.meta_batch / seconds, 2)}
+        with tempfile.TemporaryDirectory() as d:
+            reported = None
+            if rank == 0:
+                write_checkpoint(Location.parse(d), model,
+                                 {"mean": norm.mean, "std": norm.std, "theta0": theta0},
+                                 {**meta, "epoch": epoch, "metrics": metrics},
+                                 {"optimizer": trainer.opt.state_dict(), "epoch": epoch})
+                reported = Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=reported)
