@@ -1,12 +1,12 @@
-"""Probe of the generator on a collected sinusoid dataset: in-process training, no Ray.
+"""Compare generator settings in-process (no Ray) on a collected dataset, at a fixed time or step budget.
 
-A research probe used while the train/evaluate stages are built (issue #3): trains a tiny
-conditional diffusion model single-level on the final (k = 1) or local (k > 1) targets and prints
-one JSON line with the query MSE of generated weights on 300 test tasks for several samplers,
-plus the shared theta_0 ("init") for reference.
+Trains one generator with ``MetaTrainer`` exactly as the train stage does (same config keys), then
+prints one JSON line with the query MSE (mean, median) of generated weights on ``--tasks`` unseen test
+tasks for three samplers: the configured DDPM chain (``ddpm``), one DDIM jump per segment end
+(``ddim1``) and the DDPM chain with 8 candidates kept by support loss (``ddpm_n8``).
 
-    python -m ltdi_ray collect collect.num_tasks=4000 task.pool=grid storage.uri=/tmp/sin4g
-    python benchmarks/generator_probe.py /tmp/sin4g --segments 1 --parameterization x0 --weighting x0
+    python -m ltdi_ray collect collect.num_tasks=4000 storage.uri=/tmp/sin4g
+    python benchmarks/generator_probe.py /tmp/sin4g --seconds 120 --overrides diffusion.segments=1
 """
 
 from __future__ import annotations
@@ -19,74 +19,55 @@ import numpy as np
 import torch
 
 from ltdi_ray.config import load_config
-from ltdi_ray.diffusion import make_diffusion
-from ltdi_ray.meta import Generator, apply_meta_gradient, reptile_meta_gradient, single_level_step
-from ltdi_ray.models import ResMLPDenoiser, SetEncoder, WeightNormalizer
-from ltdi_ray.models.denoiser import DenoiserPreset
-from ltdi_ray.pipelines.collect import make_batcher
+from ltdi_ray.generator.api import WeightGenerator
+from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, support_of
+from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
+from ltdi_ray.models import WeightNormalizer
+from ltdi_ray.nets.paramspec import ParamSpec
+from ltdi_ray.pipelines.train import open_dataset
 from ltdi_ray.storage.artifact import read_norm_stats
-from ltdi_ray.storage.dataset import TrajectoryDataset
-from ltdi_ray.trajectories import evaluate
+from ltdi_ray.tasks import make_family
+from ltdi_ray.trajectories import initial_theta
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run_uri")
-    p.add_argument("--segments", type=int, default=1)
-    p.add_argument("--parameterization", default="x0")
-    p.add_argument("--weighting", default="x0")
-    p.add_argument("--schedule", default="linear")
-    p.add_argument("--variant", default="local_consistency")
-    p.add_argument("--bridge-noise", type=float, default=0.5)
-    p.add_argument("--no-residual", action="store_true")
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--steps", type=int, default=1500, help="training steps")
-    p.add_argument("--meta", default="none", choices=["none", "reptile"])
+    p.add_argument("run_uri", help="a storage.uri whose trajectories/ collect has written")
+    p.add_argument("--seconds", type=float, default=120.0, help="training wall-clock budget")
+    p.add_argument("--steps", type=int, default=0, help="a step budget instead (overrides --seconds)")
+    p.add_argument("--tasks", type=int, default=600)
+    p.add_argument("--overrides", nargs="*", default=[])
     args = p.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
-
-    ds = TrajectoryDataset.open(f"{args.run_uri}/trajectories")
-    rows = ds.load(["checkpoints", "pool_x", "pool_y"])
+    cfg = load_config([f"storage.uri={args.run_uri}", *args.overrides])
+    ds = open_dataset(cfg)
+    diffusion, family = build_diffusion(cfg), make_family(cfg.task)
+    rows = ds.load(["checkpoints", "pool_x", "pool_y", "support_idx"])
     stats = read_norm_stats(ds.loc)
     norm = WeightNormalizer(torch.from_numpy(stats["mean"]), torch.from_numpy(stats["std"]))
-    diff = make_diffusion(args.variant, args.schedule, 20, args.segments, args.parameterization, args.weighting,
-                          bridge_noise=args.bridge_noise, bridge_residual=not args.no_residual)
-    targets = norm.normalize(torch.from_numpy(rows["checkpoints"][:, diff.checkpoint_indices(ds.manifest["steps"])]))
-    px, py = torch.from_numpy(rows["pool_x"]), torch.from_numpy(rows["pool_y"])
-    shots = ds.manifest["config"]["task"]["shots"]
-    dim = targets.shape[-1]
-    gen = Generator(SetEncoder(1, 1, 64), ResMLPDenoiser(dim, 20, DenoiserPreset(args.width, 3, 64)))
-    opt = torch.optim.Adam(gen.parameters(), lr=1e-3)
-    start = time.time()
-    for _ in range(args.steps):
-        b = torch.randint(0, len(targets), (64,))
-        pick = torch.argsort(torch.rand(64, px.shape[1]), 1)[:, :shots].unsqueeze(-1)  # a fresh K-subset of the pool
-        sx, sy = torch.gather(px[b], 1, pick), torch.gather(py[b], 1, pick)
-        if args.meta == "none":
-            single_level_step(gen, diff, opt, targets[b], sx, sy, draws=4)
-        else:
-            deltas, _ = reptile_meta_gradient(gen, diff, targets[b[:16]], sx[:16], sy[:16], draws=4)
-            apply_meta_gradient(gen, opt, deltas, 16)
-    train_s = time.time() - start
-
-    batcher = make_batcher(load_config([]))
-    test = batcher.family.sample_many("test", range(300))
-    pick = test["support_idx"][..., None].astype(np.int64)
-    sx = torch.from_numpy(np.take_along_axis(test["pool_x"], pick, 1))
-    sy = torch.from_numpy(np.take_along_axis(test["pool_y"], pick, 1))
-    qx, qy = torch.from_numpy(test["query_x"]), torch.from_numpy(test["query_y"])
-    out = {**vars(args), "train_s": round(train_s)}
-    with torch.no_grad():
-        c = gen.cond(sx, sy)
-        for sampler, steps in [("ddpm", None), ("ddim", None), ("ddim", 5), ("ddim", 1)]:
-            z = diff.sample(gen.denoiser, c, dim, start=norm.normalize(batcher.shared_theta0), sampler=sampler,
-                            sample_steps=steps, generator=torch.Generator().manual_seed(1))
-            mse = evaluate(batcher.loss, norm.denormalize(z).unsqueeze(1), qx, qy)[:, 0]
-            out[f"{sampler}{steps or ''}"] = {"mean": round(float(mse.mean()), 3), "median": round(float(mse.median()), 3)}
-        init = evaluate(batcher.loss, batcher.shared_theta0.expand(300, 1, -1), qx, qy)[:, 0]
-        out["init"] = round(float(init.mean()), 3)
-    print(json.dumps(out))
+    targets = rows["checkpoints"][:, diffusion.checkpoint_indices(ds.manifest["steps"])]
+    store = TaskStore(norm.normalize(torch.from_numpy(targets)), family.to_torch(rows["pool_x"]),
+                      family.targets_to_torch(rows["pool_y"]), torch.from_numpy(rows["support_idx"].astype(np.int64)))
+    facts = DataFacts(ds.spec.dim, ds.manifest["steps"])
+    model = build_model(cfg, family, facts)
+    trainer = MetaTrainer(model, diffusion, store, cfg.train)
+    tic, step = time.time(), 0
+    while (step < args.steps) if args.steps else (time.time() - tic < args.seconds):
+        trainer.step(step)
+        step += 1
+    train_s = time.time() - tic
+    gen = WeightGenerator(cfg, ParamSpec.from_json(ds.manifest["param_spec"]), facts, model, norm,
+                          initial_theta(family, cfg.trajectory.init_seed))
+    test = family.sample_many("test", range(args.tasks))
+    sx, sy = support_of(test, family)
+    out = {"overrides": args.overrides, "steps": step, "train_s": round(train_s, 1),
+           "tasks_seen": step * cfg.train.meta_batch}
+    for name, kw in [("ddpm", {"sampler": "ddpm"}), ("ddim1", {"sampler": "ddim", "sample_steps": 1}),
+                     ("ddpm_n8", {"sampler": "ddpm", "num_samples": 8})]:
+        mse = gen.query_metric(gen.generate_batch(sx, sy, seed=0, **kw), test)
+        out[name] = [round(float(mse.mean()), 3), round(float(mse.median()), 3)]
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

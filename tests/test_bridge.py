@@ -8,8 +8,8 @@ from ltdi_ray.diffusion import BridgeDiffusion, Schedule, make_diffusion, segmen
 T = 20
 
 
-def _bridge(k=3, noise=0.5, residual=True, schedule="linear"):
-    return BridgeDiffusion(Schedule.make(schedule, T), k, noise, residual)
+def _bridge(k=3, noise=0.5, residual=True, schedule="linear", start_noise=0.0, segment_draw="all"):
+    return BridgeDiffusion(Schedule.make(schedule, T), k, noise, residual, start_noise, segment_draw)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
@@ -64,8 +64,11 @@ def test_oracle_chain_has_the_bridge_marginal_midway():
     torch.testing.assert_close(x.var(0), torch.full((dim,), 0.49 * lam * (1 - lam)), atol=0.02, rtol=0)
 
 
-def test_training_loss_is_zero_for_the_oracle_and_positive_otherwise():
-    diff = _bridge(k=3)
+@pytest.mark.parametrize("segment_draw", ["all", "one"])
+def test_training_loss_is_zero_for_the_oracle_and_positive_otherwise(segment_draw):
+    diff = _bridge(k=3, segment_draw=segment_draw)
+    rows = diff.draw(6, 7, torch.Generator().manual_seed(0))["t"].shape[0]
+    assert rows == (18 if segment_draw == "all" else 6)
     targets = torch.randn(6, 4, 7)
     cond = torch.arange(6, dtype=torch.float32).unsqueeze(-1)
     oracle = _oracle_model(targets, diff)
@@ -81,3 +84,16 @@ def test_checkpoint_indices_start_with_theta0_and_variants_are_selected_by_name(
     assert isinstance(make_diffusion("bridge", "cosine", T, 2), BridgeDiffusion)
     with pytest.raises(ValueError, match="unknown diffusion variant"):
         make_diffusion("flow", "linear", T, 1)
+
+
+def test_start_noise_gives_ddpm_fresh_starts_and_leaves_ddim_at_theta0():
+    diff = _bridge(k=2, start_noise=0.5)
+    targets = torch.randn(4, 3, 6)
+    cond = torch.arange(4, dtype=torch.float32).unsqueeze(-1)
+    model = _oracle_model(targets, diff)
+    first = lambda sampler, seed: diff.sample(model, cond, 6, start=targets[0, 0], sampler=sampler,  # noqa: E731
+                                              generator=torch.Generator().manual_seed(seed), return_chain=True)[1][0][1]
+    a, b = first("ddpm", 0), first("ddpm", 1)
+    assert not torch.allclose(a, b)  # the stochastic sampler starts fresh around theta_0
+    assert torch.equal(first("ddim", 0), targets[0, 0].expand(4, 6))  # the deterministic one at theta_0
+    assert float((a - targets[0, 0]).std()) == pytest.approx(0.5, rel=0.5)

@@ -37,12 +37,15 @@ def test_bad_input_is_one_line_and_nonzero(args, needle):
 
 
 def test_readme_main_job_at_toy_scale(tmp_path):
-    res = run_cli("collect", "experiment=smoke", f"storage.uri={tmp_path}", "ray.num_cpus=2")
+    res = run_cli("pipeline", "experiment=smoke", f"storage.uri={tmp_path}", "ray.num_cpus=4", timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["stage"] == "collect" and summary["tasks"] == summary["new_tasks"] == 64
-    assert summary["uri"] == str(tmp_path / "trajectories") and summary["seconds"] > 0
-    assert "collect:" in res.stderr  # human-readable progress
+    assert summary["stage"] == "pipeline" and summary["collect"]["tasks"] == 64
+    assert summary["uri"] == str(tmp_path / "results.json") and summary["generator_uri"] == str(tmp_path / "generator")
+    assert set(summary["evaluate"]) == {"init", "finetune", "maml", "fomaml", "reptile", "single_level", "vanilla",
+                                        "ltdi", "ltdi_finetune"}
+    assert "method" in res.stdout and "collect:" in res.stderr  # the printed table, human-readable progress
+    assert (tmp_path / "ablations" / "vanilla" / "generator.json").is_file()
 
 
 def test_killed_collect_job_resumes_without_loss_or_duplicates(ray_session, tmp_path):

@@ -32,6 +32,7 @@ class DiffusionConfig:
     bridge_noise: float = 0.5  # bridge only: s, in normalised-weight units
     bridge_residual: bool = True  # bridge only: the network predicts the step to the segment end
     bridge_start_noise: float = 0.5  # bridge only: training noise on each segment's start (robust chains)
+    segment_draw: str = "all"  # bridge: all (every segment of every task per loss) | one (a random one per draw)
     sampler: str = "ddim"  # ddpm | ddim
     sample_steps: Optional[int] = 1  # ddim: steps actually taken (bridge: per segment end at least); None = all T
 
@@ -48,6 +49,8 @@ class DiffusionConfig:
         check(self.clip is None or self.clip > 0, "diffusion.clip", f"must be > 0 or null, got {self.clip}")
         check(self.bridge_noise >= 0, "diffusion.bridge_noise", f"must be >= 0, got {self.bridge_noise}")
         check(self.bridge_start_noise >= 0, "diffusion.bridge_start_noise", f"must be >= 0, got {self.bridge_start_noise}")
+        check(self.segment_draw in ("all", "one"), "diffusion.segment_draw",
+              f"must be all or one, got {self.segment_draw!r}")
         check(self.sampler in ("ddpm", "ddim"), "diffusion.sampler", f"must be ddpm or ddim, got {self.sampler!r}")
         check(self.sample_steps is None or 1 <= self.sample_steps <= self.steps, "diffusion.sample_steps",
               f"must be in [1, diffusion.steps={self.steps}] or null, got {self.sample_steps}")
@@ -81,7 +84,7 @@ class TrainConfig:
     val_tasks: int = 100  # validation tasks generated at every epoch end
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 2.0  # also the torch threads of each worker
     max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
     seed: int = 0
 

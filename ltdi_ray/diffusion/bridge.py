@@ -37,13 +37,17 @@ class BridgeDiffusion:
     segments: int = 3
     noise: float = 0.5  # s: bridge noise in normalised-weight units
     residual: bool = True  # the network predicts target_i - x (a small step late in the trajectory)
-    start_noise: float = 0.0  # training-only noise on target_{i-1}: teaches recovery from an imperfect start
+    start_noise: float = 0.0  # noise on target_{i-1} in training (recovery from an imperfect start) and, for
+    # the stochastic ddpm sampler, on theta_0 (a fresh start); ddim starts at theta_0 itself
+    segment_draw: str = "all"  # all: every segment of every task in each loss; one: one random segment per row
 
     def __post_init__(self) -> None:
         if not 1 <= self.segments <= self.schedule.steps:
             raise ValueError(f"segments must be in [1, T={self.schedule.steps}], got {self.segments}")
-        if self.noise < 0:
-            raise ValueError(f"bridge noise must be >= 0, got {self.noise}")
+        if self.noise < 0 or self.start_noise < 0:
+            raise ValueError(f"bridge noises must be >= 0, got {self.noise} and {self.start_noise}")
+        if self.segment_draw not in ("all", "one"):
+            raise ValueError(f"segment_draw must be all or one, got {self.segment_draw!r}")
 
     @property
     def steps(self) -> int:
@@ -77,15 +81,22 @@ class BridgeDiffusion:
 
     def draw(self, bsz: int, dim: int, generator: Optional[torch.Generator] = None,
              device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
-        """The randomness of one loss evaluation: per (task, segment) a step t ~ U{e_i + 1..e_{i-1}},
-        its position l(t), bridge noise and start noise."""
+        """The randomness of one loss evaluation: rows of (task, segment) pairs (every segment of
+        every task, or one random segment per task), a step t ~ U{e_i + 1..e_{i-1}}, its position
+        l(t), bridge noise and start noise."""
         k = self.segments
         ends = segment_ends(self.steps, k).to(device)
         starts = torch.cat([ends.new_tensor([self.steps]), ends[:-1]])
-        u = torch.rand(bsz, k, generator=generator, device=device, dtype=torch.float64)
-        t = (ends + 1 + torch.floor(u * (starts - ends)).long()).reshape(-1)
-        noise = torch.randn(2, bsz * k, dim, generator=generator, device=device, dtype=dtype)
-        return {"t": t, "lam": self.position(t).float(), "noise": noise[0], "start_noise": noise[1]}
+        if self.segment_draw == "all":
+            task, seg = torch.arange(bsz, device=device).repeat_interleave(k), torch.arange(k, device=device).repeat(bsz)
+        else:
+            task = torch.arange(bsz, device=device)
+            seg = torch.randint(0, k, (bsz,), generator=generator, device=device)
+        u = torch.rand(len(seg), generator=generator, device=device, dtype=torch.float64)
+        t = ends[seg] + 1 + torch.floor(u * (starts[seg] - ends[seg])).long()
+        noise = torch.randn(2, len(seg), dim, generator=generator, device=device, dtype=dtype)
+        return {"task": task, "seg": seg, "t": t, "lam": self.position(t).float(), "noise": noise[0],
+                "start_noise": noise[1]}
 
     def training_loss(self, model: Denoiser, targets: torch.Tensor, cond: torch.Tensor,
                       generator: Optional[torch.Generator] = None,
@@ -94,21 +105,22 @@ class BridgeDiffusion:
 
         The randomness comes from ``draw`` (see :meth:`draw`) or is drawn here from ``generator``.
         """
-        bsz, n, dim = targets.shape
+        bsz, _, dim = targets.shape
         draw = draw if draw is not None else self.draw(bsz, dim, generator, targets.device, targets.dtype)
-        t, noise = draw["t"], draw["noise"].to(targets.dtype)
+        task, seg, t = draw["task"], draw["seg"], draw["t"]
         lam = draw["lam"].to(targets.dtype).unsqueeze(-1)
-        end, begin = targets[:, 1:].reshape(-1, dim), targets[:, :-1].reshape(-1, dim)
+        end, begin = targets[task, seg + 1], targets[task, seg]
         begin = begin + self.start_noise * draw["start_noise"].to(targets.dtype)
-        x = (1 - lam) * end + lam * begin + self.noise * (lam * (1 - lam)).sqrt() * noise
-        pred = self.predict(model(x, t, cond.repeat_interleave(n - 1, dim=0)), x)
+        x = (1 - lam) * end + lam * begin + self.noise * (lam * (1 - lam)).sqrt() * draw["noise"].to(targets.dtype)
+        pred = self.predict(model(x, t, cond[task]), x)
         return (pred - end).square().mean()
 
     @torch.no_grad()
     def sample(self, model: Denoiser, cond: torch.Tensor, dim: int, start: torch.Tensor, sampler: str = "ddpm",
                sample_steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
                return_chain: bool = False):
-        """Walk the bridges from ``start`` (normalised theta_0, ``(N, D)`` or ``(D,)``) to theta_M.
+        """Walk the bridges from ``start`` (normalised theta_0, ``(N, D)`` or ``(D,)``; ddpm adds
+        ``start_noise``) to theta_M.
 
         ``ddpm`` takes every step with bridge noise; ``ddim`` is deterministic over about
         ``sample_steps`` steps (every segment end is always visited).
@@ -117,6 +129,8 @@ class BridgeDiffusion:
             raise ValueError(f"sampler must be ddpm or ddim, got {sampler!r}")
         n = cond.shape[0]
         x = start.to(cond.device, torch.float32).expand(n, dim).clone()
+        if sampler == "ddpm" and self.start_noise > 0:  # a fresh start; ddim stays deterministic from theta_0
+            x = x + self.start_noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         ends = segment_ends(self.steps, self.segments).tolist()
         grid = range(self.steps, -1, -1)
         if sampler == "ddim" and sample_steps:

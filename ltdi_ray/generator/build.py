@@ -29,7 +29,7 @@ class DataFacts:
 def build_diffusion(cfg: Config) -> Diffusion:
     d = cfg.diffusion
     return make_diffusion(d.variant, d.schedule, d.steps, d.segments, d.parameterization, d.weighting, d.clip,
-                          d.bridge_noise, d.bridge_residual, d.bridge_start_noise)
+                          d.bridge_noise, d.bridge_residual, d.bridge_start_noise, d.segment_draw)
 
 
 def build_model(cfg: Config, family: TaskFamily, facts: DataFacts) -> Generator:
