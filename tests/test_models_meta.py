@@ -83,3 +83,24 @@ def test_reptile_meta_gradient_is_the_mean_displacement_of_per_task_sgd(variant)
     apply_meta_gradient(gen, outer, deltas, 3)
     for p, p0, e in zip(gen.parameters(), phi, expected):
         torch.testing.assert_close(p.detach(), p0 - e / 3)  # Reptile step zeta = 1: phi <- mean(phi_i)
+
+
+def test_class_token_head_generator_is_equivariant_to_the_label_order():
+    from ltdi_ray.models.heads import ClassTokenDenoiser, PrototypeEncoder, head_flat, head_rows
+
+    torch.manual_seed(0)
+    ways, feat, shots = 5, 8, 3
+    enc, den = PrototypeEncoder(feat, PRESETS["tiny"].cond_dim, 16), ClassTokenDenoiser(feat + 1, T, PRESETS["tiny"])
+    den.eval()
+    feats = torch.randn(2, ways * shots, feat)
+    labels = torch.arange(ways).repeat_interleave(shots).expand(2, -1)
+    x = torch.randn(2, ways * (feat + 1))
+    t = torch.tensor([3, 7])
+    out = den(x, t, enc(feats, labels, ways))
+    assert out.shape == x.shape
+    torch.testing.assert_close(head_flat(head_rows(x, ways)), x)
+    perm = torch.randperm(ways)  # relabel: class perm[j] becomes j
+    inv = torch.argsort(perm)
+    out_p = den(head_flat(head_rows(x, ways)[:, perm]), t, enc(feats, inv[labels], ways))
+    torch.testing.assert_close(head_rows(out_p, ways), head_rows(out, ways)[:, perm], atol=1e-5, rtol=1e-4)
+    assert den(torch.randn(2, 10 * (feat + 1)), t, torch.randn(2, 10, PRESETS["tiny"].cond_dim)).shape == (2, 90)

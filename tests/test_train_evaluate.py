@@ -51,16 +51,19 @@ def test_generate_returns_a_ready_module_and_num_samples_keeps_the_best_support_
     net = gen.generate(sx[0], sy[0], seed=1)
     assert isinstance(net, torch.nn.Module) and net(torch.zeros(7, 1)).shape == (7, 1)
     n = 4
-    best = gen.generate_batch(sx, sy, num_samples=n, seed=5, sampler="ddpm")  # stochastic: candidates differ
-    # the same candidates by hand: one batched chain with every task repeated n times
+    best = gen.generate_batch(sx, sy, num_samples=n, seed=5)
+    # the same candidates by hand: every task n times, candidate 0 from theta_0, the rest around it
     rng = torch.Generator().manual_seed(5)
     cond = gen.model.cond(sx, sy).repeat_interleave(n, dim=0)
+    extra = cfg.diffusion.sample_start_noise * torch.randn(5 * n, gen.spec.dim, generator=rng)
+    extra[::n] = 0
     with torch.no_grad():
-        z = gen.diffusion.sample(gen.model.denoiser, cond, gen.spec.dim, start=gen.norm.normalize(gen.theta0),
-                                 sampler="ddpm", generator=rng)
+        z = gen.diffusion.sample(gen.model.denoiser, cond, gen.spec.dim, start=gen.norm.normalize(gen.theta0) + extra,
+                                 sampler="ddim", sample_steps=1, generator=rng)
     cands = gen.norm.denormalize(z).view(5, n, -1)
     pick = evaluate(gen.loss, cands, sx, sy).argmin(1)
     torch.testing.assert_close(best, cands[torch.arange(5), pick])
+    torch.testing.assert_close(cands[:, 0], gen.generate_batch(sx, sy, seed=5))  # candidate 0 = the single sample
     assert not torch.equal(cands[:, 0], cands[:, 1])
 
 

@@ -33,6 +33,7 @@ class DiffusionConfig:
     bridge_residual: bool = True  # bridge only: the network predicts the step to the segment end
     bridge_start_noise: float = 0.5  # bridge only: training noise on each segment's start (robust chains)
     segment_draw: str = "all"  # bridge: all (every segment of every task per loss) | one (a random one per draw)
+    sample_start_noise: float = 0.25  # bridge, num_samples > 1: spread of the candidates' starts around theta_0
     sampler: str = "ddim"  # ddpm | ddim
     sample_steps: Optional[int] = 1  # ddim: steps actually taken (bridge: per segment end at least); None = all T
 
@@ -49,6 +50,7 @@ class DiffusionConfig:
         check(self.clip is None or self.clip > 0, "diffusion.clip", f"must be > 0 or null, got {self.clip}")
         check(self.bridge_noise >= 0, "diffusion.bridge_noise", f"must be >= 0, got {self.bridge_noise}")
         check(self.bridge_start_noise >= 0, "diffusion.bridge_start_noise", f"must be >= 0, got {self.bridge_start_noise}")
+        check(self.sample_start_noise >= 0, "diffusion.sample_start_noise", f"must be >= 0, got {self.sample_start_noise}")
         check(self.segment_draw in ("all", "one"), "diffusion.segment_draw",
               f"must be all or one, got {self.segment_draw!r}")
         check(self.sampler in ("ddpm", "ddim"), "diffusion.sampler", f"must be ddpm or ddim, got {self.sampler!r}")
@@ -104,14 +106,15 @@ class TrainConfig:
 class BaselineConfig:
     """Gradient-based meta-learned inits (MAML, first-order MAML, Reptile) evaluate compares against."""
 
-    meta_steps: int = 5000  # outer iterations
+    meta_steps: int = 20000  # outer iterations
     meta_batch: int = 25  # tasks per outer step (MAML paper: 25)
-    inner_steps: int = 5  # SGD steps inside meta-training
+    inner_steps: int = 1  # maml / fomaml: SGD steps inside meta-training (MAML paper: 1; 5 diverged here)
+    reptile_inner_steps: int = 5  # reptile: SGD steps per task on support + query
     inner_lr: float = 0.01  # MAML paper: 0.01
     outer_lr: float = 1e-3  # Adam
 
     def __post_init__(self) -> None:
-        for key in ("meta_steps", "meta_batch", "inner_steps"):
+        for key in ("meta_steps", "meta_batch", "inner_steps", "reptile_inner_steps"):
             check(getattr(self, key) >= 1, f"evaluate.baseline.{key}", f"must be >= 1, got {getattr(self, key)}")
         for key in ("inner_lr", "outer_lr"):
             check(getattr(self, key) > 0, f"evaluate.baseline.{key}", f"must be > 0, got {getattr(self, key)}")
@@ -125,7 +128,8 @@ class EvaluateConfig:
     split: str = "test"
     methods: List[str] = field(default_factory=lambda: list(METHODS))
     adapt_steps: int = 10  # SGD steps on the support for maml / fomaml / reptile / ltdi_finetune
-    adapt_lr: float = 0.01
+    adapt_lr: float = 0.01  # maml / fomaml / reptile (the step size MAML meta-trains for)
+    ltdi_adapt_lr: float = 0.001  # ltdi_finetune: trajectory end points are sharp; 0.01 diverged on some tasks
     num_samples: int = 1  # generated candidates per task; the lowest support loss is kept
     ablation_epochs: Optional[int] = None  # single_level / vanilla runs: train.epochs by default
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
@@ -138,6 +142,7 @@ class EvaluateConfig:
               f"unknown {unknown}; choose from {list(METHODS)}")
         check(self.adapt_steps >= 0, "evaluate.adapt_steps", f"must be >= 0, got {self.adapt_steps}")
         check(self.adapt_lr > 0, "evaluate.adapt_lr", f"must be > 0, got {self.adapt_lr}")
+        check(self.ltdi_adapt_lr > 0, "evaluate.ltdi_adapt_lr", f"must be > 0, got {self.ltdi_adapt_lr}")
         check(self.num_samples >= 1, "evaluate.num_samples", f"must be >= 1, got {self.num_samples}")
         check(self.ablation_epochs is None or self.ablation_epochs >= 1, "evaluate.ablation_epochs",
               f"must be >= 1 or null, got {self.ablation_epochs}")

@@ -80,7 +80,14 @@ class WeightGenerator:
         rng = torch.Generator(device=self.device)
         rng.manual_seed(int(torch.seed() if seed is None else seed))
         cond = self.model.cond(sx, sy).repeat_interleave(num_samples, dim=0)
-        start = self.norm.normalize(self.theta0)
+        start = self.norm.normalize(self.theta0).expand(bsz * num_samples, -1)
+        spread = self.cfg.diffusion.sample_start_noise
+        if num_samples > 1 and spread > 0 and self.diffusion.starts_from_theta0:
+            # candidate 0 of every task starts at theta_0, the others around it (the bridge's chain
+            # is deterministic given its start, so this is where the candidates differ)
+            extra = spread * torch.randn(start.shape, generator=rng, device=self.device)
+            extra[::num_samples] = 0
+            start = start + extra
         z = self.diffusion.sample(self.model.denoiser, cond, self.spec.dim, start=start,
                                   sampler=sampler or self.cfg.diffusion.sampler,
                                   sample_steps=sample_steps or self.cfg.diffusion.sample_steps, generator=rng)

@@ -81,14 +81,20 @@ def _ablation(cfg: Config, gen: WeightGenerator, method: str) -> WeightGenerator
     return load_generator(str(where), cfg.storage.endpoint_url)
 
 
-def _meta_init(cfg: Config, gen: WeightGenerator, method: str) -> Tuple[torch.Tensor, dict]:
-    """Train MAML / first-order MAML / Reptile on the dataset's training tasks; returns (theta, settings)."""
+def _training_pools(cfg: Config, gen: WeightGenerator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The pools ``(N, P, ...)`` of the dataset's training tasks: what the baselines meta-train on."""
     from ltdi_ray.pipelines.train import open_dataset
 
     rows = open_dataset(cfg).load(["pool_x", "pool_y"])
-    px, py = gen.family.to_torch(rows["pool_x"]), gen.family.targets_to_torch(rows["pool_y"])
+    return gen.family.to_torch(rows["pool_x"]), gen.family.targets_to_torch(rows["pool_y"])
+
+
+def _meta_init(cfg: Config, gen: WeightGenerator, method: str, pools) -> Tuple[torch.Tensor, dict]:
+    """Train MAML / first-order MAML / Reptile on the training tasks' pools; returns (theta, settings)."""
+    px, py = pools
     b = cfg.evaluate.baseline
-    mcfg = MetaInitConfig(method=method, meta_steps=b.meta_steps, meta_batch=b.meta_batch, inner_steps=b.inner_steps,
+    inner = b.reptile_inner_steps if method == "reptile" else b.inner_steps
+    mcfg = MetaInitConfig(method=method, meta_steps=b.meta_steps, meta_batch=b.meta_batch, inner_steps=inner,
                           inner_lr=b.inner_lr, outer_lr=b.outer_lr, seed=cfg.train.seed)
     shots, queries = gen.family.fields()["support_idx"][0][0], 10
 
@@ -132,7 +138,8 @@ def run_evaluate(cfg: Config) -> dict:
         log.info("evaluate: %-14s %.4f +- %.4f (%.2f ms/task)", name, results[name]["mean"], results[name]["ci95"],
                  results[name]["ms_per_task"])
 
-    sgd = lambda theta: adapt(gen.loss, theta, sx, sy, e.adapt_steps, e.adapt_lr)  # noqa: E731
+    sgd = lambda theta, lr: adapt(gen.loss, theta, sx, sy, e.adapt_steps, lr)  # noqa: E731
+    pools = None
     for method in e.methods:
         if method == "init":
             score(method, lambda: gen.theta0.expand(n, -1))
@@ -142,9 +149,10 @@ def run_evaluate(cfg: Config) -> dict:
             score(method, lambda: run_batched(gen.loss, gen.theta0.expand(n, -1), sx, sy,
                                               replace(opt, save_every=opt.steps))[:, -1])
         elif method in ("maml", "fomaml", "reptile"):
-            theta, settings[method] = _meta_init(cfg, gen, method)
+            pools = pools or _training_pools(cfg, gen)
+            theta, settings[method] = _meta_init(cfg, gen, method, pools)
             settings[method]["adapt"] = {"optimizer": "sgd", "lr": e.adapt_lr, "steps": e.adapt_steps}
-            score(method, lambda: sgd(theta))
+            score(method, lambda: sgd(theta, e.adapt_lr))
         elif method in ABLATIONS:
             abl = _ablation(cfg, gen, method)
             settings[method] = {k: to_plain(abl.cfg)[k] for k in ("diffusion", "train")}
@@ -152,7 +160,8 @@ def run_evaluate(cfg: Config) -> dict:
         elif method == "ltdi":
             score(method, lambda: gen.generate_batch(sx, sy, e.num_samples, seed=cfg.train.seed))
         elif method == "ltdi_finetune":
-            score(method, lambda: sgd(gen.generate_batch(sx, sy, e.num_samples, seed=cfg.train.seed)))
+            settings[method] = {"optimizer": "sgd", "lr": e.ltdi_adapt_lr, "steps": e.adapt_steps}
+            score(method, lambda: sgd(gen.generate_batch(sx, sy, e.num_samples, seed=cfg.train.seed), e.ltdi_adapt_lr))
     metric = "mse" if fam.loss == "mse" else "accuracy"
     record = {"task": fam.name, "split": e.split, "tasks": n, "metric": metric, "shots": int(sx.shape[1]),
               "generator_uri": str(gen_loc), "generator": {k: gen.meta["config"][k] for k in ("diffusion", "train")},
