@@ -22,7 +22,7 @@ def test_task_seeds_depend_on_family_split_index_and_base():
 
 
 def test_sinusoid_episode_shapes_ranges_and_determinism():
-    fam = make_family(load_config(["task.shots=10"]).task)
+    fam = make_family(load_config(["task.shots=10", "task.pool=random"]).task)
     ep = fam.sample("train", 7)
     assert ep["pool_x"].shape == (100, 1) and ep["query_x"].shape == (100, 1) and ep["support_idx"].shape == (10,)
     assert len(set(ep["support_idx"].tolist())) == 10 and ep["support_idx"].max() < 100
