@@ -33,7 +33,8 @@ from ltdi_ray.storage.fs import Location
 from ltdi_ray.trajectories import run_batched
 
 log = logging.getLogger("ltdi_ray")
-# vanilla diffusion runs at its own best measured settings (x0 prediction, full DDPM chain)
+# vanilla diffusion: x0 prediction (the stable one) and the full stochastic DDPM chain, the sampler that
+# makes best-of-n work for it (one DDIM jump scores better with a single sample: README "Quality")
 ABLATIONS = {"single_level": {"train": {"meta": "none"}},
              "vanilla": {"diffusion": {"variant": "local_consistency", "segments": 1, "parameterization": "x0",
                                        "weighting": "x0", "sampler": "ddpm", "sample_steps": None}}}
