@@ -61,10 +61,14 @@ class BridgeDiffusion:
         """Checkpoints used as targets: theta_0 then the k segment ends (k + 1 indices)."""
         return [0] + target_indices(checkpoint_steps, self.segments)
 
+    def _segments(self, device) -> tuple:
+        """Every segment's end e_i and start e_{i-1} (e_0 = T), ``(k,)`` each."""
+        ends = segment_ends(self.steps, self.segments).to(device)
+        return ends, torch.cat([ends.new_tensor([self.steps]), ends[:-1]])
+
     def _bounds(self, t: torch.Tensor):
         """Segment index (0-based), its end e_i and its length for steps ``t (N,)`` in [1, T]."""
-        ends = segment_ends(self.steps, self.segments).to(t.device)
-        starts = torch.cat([ends.new_tensor([self.steps]), ends[:-1]])
+        ends, starts = self._segments(t.device)
         seg = (t.unsqueeze(-1) <= ends.unsqueeze(0)).sum(-1)  # segments whose end is at or above t
         return seg, ends[seg], starts[seg] - ends[seg]
 
@@ -85,8 +89,7 @@ class BridgeDiffusion:
         every task, or one random segment per task), a step t ~ U{e_i + 1..e_{i-1}}, its position
         l(t), bridge noise and start noise."""
         k = self.segments
-        ends = segment_ends(self.steps, k).to(device)
-        starts = torch.cat([ends.new_tensor([self.steps]), ends[:-1]])
+        ends, starts = self._segments(device)
         if self.segment_draw == "all":
             task, seg = torch.arange(bsz, device=device).repeat_interleave(k), torch.arange(k, device=device).repeat(bsz)
         else:

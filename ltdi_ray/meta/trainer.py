@@ -21,6 +21,12 @@ from ltdi_ray.meta.reptile import Generator, apply_meta_gradient, reptile_meta_g
 AllReduce = Callable[[List[torch.Tensor]], None]  # in-place sum over workers
 
 
+def pick_points(data: torch.Tensor, tasks: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """Points ``picks (B, K)`` of tasks ``tasks (B,)`` from ``data (N, P, ...)`` -> ``(B, K, ...)``."""
+    index = picks.view(picks.shape + (1,) * (data.dim() - 2)).expand(picks.shape + data.shape[2:])
+    return torch.gather(data[tasks], 1, index)
+
+
 @dataclass
 class TaskStore:
     """Training tasks: normalised targets ``(N, n, D)``, pools ``(N, P, ...)``, stored support ``(N, K)``."""
@@ -61,9 +67,8 @@ class MetaTrainer:
         slots = np.arange(self.rank, len(idx), self.world)
         ti = torch.as_tensor(idx[slots], device=self.device)
         pk = torch.as_tensor(picks[slots], device=self.device, dtype=torch.long)
-        take = lambda a: torch.gather(a[ti], 1, pk.view(pk.shape + (1,) * (a.dim() - 2)).expand(  # noqa: E731
-            pk.shape + a.shape[2:]))
-        return slots, self.store.targets[ti], take(self.store.pool_x), take(self.store.pool_y)
+        return (slots, self.store.targets[ti], pick_points(self.store.pool_x, ti, pk),
+                pick_points(self.store.pool_y, ti, pk))
 
     def _generators(self, step: int, slots: np.ndarray) -> List[torch.Generator]:
         out = []
@@ -79,20 +84,14 @@ class MetaTrainer:
         slots, targets, sx, sy = self._slice(step)
         gens = self._generators(step, slots)
         if c.meta == "reptile":
-            deltas, loss = reptile_meta_gradient(self.gen, self.diffusion, targets, sx, sy, c.inner_steps,
-                                                 c.inner_lr, c.draws, gens)
-            if self.allreduce is not None:
-                self.allreduce(deltas)
-            apply_meta_gradient(self.gen, self.opt, deltas, c.meta_batch)
-            return loss
-        # single level: one batched loss over this worker's slice (its noise depends on the slice)
-        params = [p for p in self.gen.parameters() if p.requires_grad]
-        loss = task_loss(self.gen, self.diffusion, targets, sx, sy, c.draws, gens[0]) * len(slots)
-        grads = list(torch.autograd.grad(loss / c.meta_batch, params))
+            sums, loss = reptile_meta_gradient(self.gen, self.diffusion, targets, sx, sy, c.inner_steps,
+                                               c.inner_lr, c.draws, gens)
+        else:  # single level: the gradient of this slice's summed loss (its noise depends on the slice)
+            params = [p for p in self.gen.parameters() if p.requires_grad]
+            total = task_loss(self.gen, self.diffusion, targets, sx, sy, c.draws, gens[0]) * len(slots)
+            sums = list(torch.autograd.grad(total, params))
+            loss = float(total.detach()) / max(1, len(slots))
         if self.allreduce is not None:
-            self.allreduce(grads)
-        self.opt.zero_grad(set_to_none=True)
-        for p, g in zip(params, grads):
-            p.grad = g
-        self.opt.step()
-        return float(loss.detach()) / max(1, len(slots))
+            self.allreduce(sums)
+        apply_meta_gradient(self.gen, self.opt, sums, c.meta_batch)
+        return loss

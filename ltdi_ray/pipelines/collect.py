@@ -67,13 +67,14 @@ def fingerprint(cfg: Config) -> dict:
             "split": cfg.collect.split, "seed": cfg.collect.seed}
 
 
-def _diff(old: dict, new: dict, prefix: str = "") -> List[str]:
+def config_changes(old: dict, new: dict, prefix: str = "") -> List[str]:
+    """``"key: old -> new"`` for every leaf that differs between two nested config dicts."""
     keys = sorted(set(old) | set(new))
     out = []
     for k in keys:
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
+            out += config_changes(a, b, f"{prefix}{k}.")
         elif a != b:
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
@@ -89,7 +90,7 @@ def _claim(loc: Location, cfg: Config) -> None:
                             "choose another storage.uri")
         write_json(loc, INTENT, want)
         return
-    changes = _diff(have["fingerprint"], want["fingerprint"])
+    changes = config_changes(have["fingerprint"], want["fingerprint"])
     if changes:
         raise ConfigError(f"the dataset at {loc} was collected with another config ({'; '.join(changes[:3])}); "
                           "refusing to mix: pass a new storage.uri or restore the old values")

@@ -28,6 +28,7 @@ from ltdi_ray.generator.api import WeightGenerator, load_generator
 from ltdi_ray.generator.build import support_of
 from ltdi_ray.generator.checkpoint import read_meta
 from ltdi_ray.meta.baselines import MetaInitConfig, adapt, train_meta_init
+from ltdi_ray.meta.trainer import pick_points
 from ltdi_ray.pipelines.collect import inner_optimizer
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.trajectories import run_batched
@@ -103,10 +104,8 @@ def _meta_init(cfg: Config, gen: WeightGenerator, method: str, pools) -> Tuple[t
         rng = np.random.default_rng([mcfg.seed, step, 7])
         idx = torch.as_tensor(rng.integers(0, len(px), size=mcfg.meta_batch))
         pick = torch.as_tensor(np.argsort(rng.random((mcfg.meta_batch, px.shape[1])), axis=1)[:, :shots + queries])
-        take = lambda a, p: torch.gather(a[idx], 1, p.view(p.shape + (1,) * (a.dim() - 2)).expand(  # noqa: E731
-            p.shape + a.shape[2:]))
         s, q = pick[:, :shots], pick[:, shots:]
-        return take(px, s), take(py, s), take(px, q), take(py, q)
+        return pick_points(px, idx, s), pick_points(py, idx, s), pick_points(px, idx, q), pick_points(py, idx, q)
 
     tic = time.perf_counter()
     theta, history = train_meta_init(gen.loss, gen.theta0, sample_batch, mcfg)

@@ -21,7 +21,7 @@ import numpy as np
 from ltdi_ray.config.compose import to_plain
 from ltdi_ray.config.schema import Config
 from ltdi_ray.errors import ConfigError, DataError
-from ltdi_ray.pipelines.collect import _diff, fingerprint
+from ltdi_ray.pipelines.collect import config_changes, fingerprint
 from ltdi_ray.storage.artifact import read_norm_stats
 from ltdi_ray.storage.dataset import TrajectoryDataset
 from ltdi_ray.storage.fs import Location
@@ -33,7 +33,7 @@ COLUMNS = ["task_id", "checkpoints", "pool_x", "pool_y", "support_idx"]
 def open_dataset(cfg: Config) -> TrajectoryDataset:
     """The run's dataset, refusing one collected under another task/trajectory config."""
     ds = TrajectoryDataset.open(str(Location.parse(cfg.storage.uri).child("trajectories")), cfg.storage.endpoint_url)
-    changes = _diff(ds.manifest["config"], fingerprint(cfg))
+    changes = config_changes(ds.manifest["config"], fingerprint(cfg))
     if changes:
         raise ConfigError(f"the dataset at {ds.loc} was collected with another config ({'; '.join(changes[:3])}); "
                           "pass the same task/trajectory keys as collect")

@@ -73,6 +73,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start_epoch = int(state["epoch"]) + 1
     val = family.sample_many("val", range(t.val_tasks), cfg.collect.seed)
     val_sx, val_sy = support_of(val, family, device)
+    live = WeightGenerator(cfg, spec, facts, model, norm, theta0.to(device)).to(device)  # shares model's weights
     meta = {"config": loop_config["cfg"], "param_spec": loop_config["param_spec"],
             "checkpoint_steps": facts.checkpoint_steps, "target_indices": loop_config["indices"],
             "dataset": loop_config["dataset"], "num_train_tasks": len(trainer.store), "workers": world}
@@ -81,8 +82,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.train()
         losses = [trainer.step(epoch * t.steps_per_epoch + s) for s in range(t.steps_per_epoch)]
         seconds = time.time() - tic
-        gen = WeightGenerator(cfg, spec, facts, model, norm, theta0.to(device)).to(device)
-        score = gen.query_metric(gen.generate_batch(val_sx, val_sy, seed=0), val)
+        model.eval()
+        score = live.query_metric(live.generate_batch(val_sx, val_sy, seed=0), val)
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "val_metric": float(score.mean()),
                    "val_metric_median": float(score.median()), "epoch_seconds": round(seconds, 3),
                    "tasks_per_s": round(t.steps_per_epoch * t.meta_batch / seconds, 2)}
