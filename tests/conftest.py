@@ -42,9 +42,8 @@ def bucket(s3_endpoint):
     return name
 
 
-@pytest.fixture(scope="session")
-def ray_session(s3_endpoint):
-    """One local Ray instance for the whole session (4 logical CPUs: room for Data next to actors)."""
+def start_local_ray():
+    """The session's local Ray (4 logical CPUs: room for Data next to actors)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -52,6 +51,13 @@ def ray_session(s3_endpoint):
     ray.init(address="local", num_cpus=4, object_store_memory=256 * 1024**2, include_dashboard=False,
              log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint):
+    """One local Ray instance for the whole session (a cluster test borrows the slot and restores it)."""
+    ray = start_local_ray()
     yield ray
     ray.shutdown()
 

@@ -7,23 +7,32 @@ import torch
 
 from ltdi_ray.config import load_config
 from ltdi_ray.diffusion import make_diffusion
+from ltdi_ray.generator.build import build_diffusion
 from ltdi_ray.meta import Generator, MetaTrainer, TaskStore
+from ltdi_ray.meta.trainer import shard_range
 from ltdi_ray.models import PRESETS, ResMLPDenoiser, SetEncoder
 
 D, T, N = 12, 10, 40
 
 
-def _store():
+def _store(rank=0, world=1):
+    """Worker ``rank``'s shard of N random tasks."""
     g = torch.Generator().manual_seed(0)
-    return TaskStore(torch.randn(N, 4, D, generator=g), torch.randn(N, 30, 1, generator=g),
-                     torch.randn(N, 30, 1, generator=g), torch.zeros(N, 5, dtype=torch.long))
+    full = [torch.randn(N, 4, D, generator=g), torch.randn(N, 30, 1, generator=g),
+            torch.randn(N, 30, 1, generator=g), torch.randint(0, 30, (N, 5), generator=g)]
+    lo, hi = shard_range(N, rank, world)
+    return TaskStore(*[a[lo:hi] for a in full], first=lo, total=N)
 
 
-def _trainer(meta, rank=0, world=1, allreduce=None):
+def _trainer(meta, rank=0, world=1, allreduce=None, variant="bridge", extra=()):
     torch.manual_seed(0)
     gen = Generator(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
-    cfg = load_config([f"train.meta={meta}", "train.meta_batch=6", "train.inner_steps=2"]).train
-    return MetaTrainer(gen, make_diffusion("bridge", "linear", T, 3), _store(), cfg, rank, world, allreduce)
+    cfg = load_config([f"train.meta={meta}", "train.meta_batch=6", "train.inner_steps=2", f"diffusion.steps={T}",
+                       f"diffusion.variant={variant}", "diffusion.segments=3", *extra])
+    store = _store(rank, world)
+    if variant == "local_consistency":  # its targets are the k segment ends, without theta_0
+        store.targets = store.targets[:, 1:]
+    return MetaTrainer(gen, build_diffusion(cfg), store, cfg.train, rank, world, allreduce)
 
 
 class ThreadAllReduce:
@@ -52,12 +61,16 @@ def test_global_meta_batch_depends_only_on_seed_and_step():
     assert not (a.batch(0)[0] == a.batch(1)[0]).all()
 
 
-def test_two_reptile_workers_reproduce_one_worker():
-    single = _trainer("reptile")
+@pytest.mark.parametrize("meta,variant,extra", [
+    ("reptile", "bridge", ()), ("none", "bridge", ()), ("none", "local_consistency", ()),
+    ("none", "bridge", ("diffusion.segment_draw=one", "train.resample_support=false"))])
+def test_two_workers_on_their_shards_reproduce_one_worker(meta, variant, extra):
+    single = _trainer(meta, variant=variant, extra=extra)
     for step in range(3):
         single.step(step)
     reduce = ThreadAllReduce(2)
-    pair = [_trainer("reptile", r, 2, reduce.for_rank(r)) for r in range(2)]
+    pair = [_trainer(meta, r, 2, reduce.for_rank(r), variant, extra) for r in range(2)]
+    assert [len(tr.store) for tr in pair] == [N // 2, N // 2]
 
     def run(tr):
         for step in range(3):
@@ -81,3 +94,21 @@ def test_outer_steps_lower_the_loss(meta):
         tr.step(s)
     last = [tr.step(s) for s in range(120, 125)]
     assert sum(last) < 0.6 * sum(first)
+
+
+def test_cosine_schedule_is_a_function_of_the_step():
+    torch.manual_seed(0)
+    gen = Generator(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
+    cfg = load_config(["train.lr_schedule=cosine", "train.lr=0.002", "train.epochs=2", "train.steps_per_epoch=5"]).train
+    trainer = MetaTrainer(gen, make_diffusion("bridge", "linear", T, 3), _store(), cfg)
+    assert [round(trainer.lr_at(s), 6) for s in (0, 5, 10, 12)] == [0.002, 0.001, 0.0, 0.0]
+    trainer.step(5)
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_reptile_chunks_change_memory_not_the_update():
+    whole, chunked = _trainer("reptile"), _trainer("reptile", extra=("train.reptile_chunk=2",))
+    for step in range(2):
+        assert whole.step(step) == pytest.approx(chunked.step(step), rel=1e-5)
+    for a, b in zip(whole.gen.parameters(), chunked.gen.parameters()):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)  # summation order only

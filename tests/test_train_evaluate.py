@@ -10,7 +10,7 @@ import ltdi_ray
 from ltdi_ray.config import load_config
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.build import support_of
-from ltdi_ray.generator.checkpoint import META, read_train_state
+from ltdi_ray.generator.checkpoint import META, read_meta, read_train_state
 from ltdi_ray.pipelines.collect import run_collect
 from ltdi_ray.pipelines.evaluate import run_evaluate
 from ltdi_ray.pipelines.train import run_train
@@ -86,6 +86,9 @@ def test_rerunning_train_resumes_the_finished_run_and_more_epochs_continue_it(tr
     assert again["uri"] == first["uri"] and again["epochs"] == 2
     longer = run_train(config(cfg.storage.uri, "train.epochs=3"))
     assert longer["uri"] != first["uri"]  # another training config: another run, not a silent mix
+    fresh = run_train(config(cfg.storage.uri, "resume=false"))  # the first run's config, started over beside it
+    assert fresh["uri"].startswith(first["uri"] + "-") and fresh["epochs"] == 2
+    assert read_meta(Location.parse(fresh["generator_uri"]))["metrics"]["start_epoch"] == 0
 
 
 def test_evaluate_scores_every_method_on_the_same_tasks_and_saves_results(trained, capsys):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ltdi_ray.config.checks import check
 
@@ -81,25 +81,35 @@ class TrainConfig:
     draws: int = 4  # noise draws (t, eps) per task and segment in each loss
     inner_steps: int = 3  # reptile: K SGD steps per task
     inner_lr: float = 0.005  # reptile inner SGD learning rate
+    reptile_chunk: Optional[int] = None  # reptile: tasks adapted at once; None: 16 on CPU, all on a GPU (measured)
     lr: float = 1e-3  # outer Adam learning rate
+    lr_schedule: str = "constant"  # constant | cosine (to 0 over epochs x steps_per_epoch outer steps)
     resample_support: bool = True  # condition on a fresh K-subset of the task's pool every step
     val_tasks: int = 100  # validation tasks generated at every epoch end
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 2.0  # also the torch threads of each worker
+    worker_resources: Dict[str, float] = field(default_factory=dict)  # custom resources per worker, e.g. {node_a: 1}
     max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
     seed: int = 0
 
     def __post_init__(self) -> None:
         check(self.meta in ("reptile", "none"), "train.meta", f"must be reptile or none, got {self.meta!r}")
+        check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
+              f"must be constant or cosine, got {self.lr_schedule!r}")
         for key in ("epochs", "steps_per_epoch", "meta_batch", "draws", "inner_steps", "num_workers"):
             check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         for key in ("inner_lr", "lr"):
             value = getattr(self, key)
             check(value > 0 and math.isfinite(value), f"train.{key}", f"must be a positive number, got {value}")
+        check(self.reptile_chunk is None or self.reptile_chunk >= 1, "train.reptile_chunk",
+              f"must be >= 1 or null, got {self.reptile_chunk}")
         check(self.val_tasks >= 1, "train.val_tasks", f"must be >= 1, got {self.val_tasks}")
         check(self.max_failures >= 0, "train.max_failures", f"must be >= 0, got {self.max_failures}")
         check(self.cpus_per_worker > 0, "train.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        for key, value in self.worker_resources.items():
+            check(key not in ("CPU", "GPU") and float(value) > 0, f"train.worker_resources.{key}",
+                  "must be a custom resource (CPU and GPU have their own keys) with an amount > 0")
 
 
 @dataclass

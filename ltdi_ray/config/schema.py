@@ -178,6 +178,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    resume: bool = True  # train: continue the run of the same config from its latest checkpoint; false: a new run
 
     def __post_init__(self) -> None:
         if isinstance(self.task, OmniglotTaskConfig):

@@ -101,6 +101,14 @@ class BridgeDiffusion:
         return {"task": task, "seg": seg, "t": t, "lam": self.position(t).float(), "noise": noise[0],
                 "start_noise": noise[1]}
 
+    def subset(self, draw: Dict[str, torch.Tensor], rows: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The part of ``draw`` that belongs to target rows ``rows`` (sorted), renumbered 0..len-1,
+        so a data-parallel worker reuses the global batch's randomness for its own tasks."""
+        keep = torch.isin(draw["task"], rows)
+        out = {key: value[keep] for key, value in draw.items()}
+        out["task"] = torch.searchsorted(rows, out["task"])
+        return out
+
     def training_loss(self, model: Denoiser, targets: torch.Tensor, cond: torch.Tensor,
                       generator: Optional[torch.Generator] = None,
                       draw: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:

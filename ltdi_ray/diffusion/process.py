@@ -147,6 +147,11 @@ class TrajectoryDiffusion:
         noise = torch.randn(bsz * self.segments, dim, generator=generator, device=device, dtype=dtype)
         return {"t": t, "ends": ends, "noise": noise}
 
+    def subset(self, draw: Dict[str, torch.Tensor], rows: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The part of ``draw`` that belongs to target rows ``rows`` (sorted; see BridgeDiffusion.subset)."""
+        index = (rows.unsqueeze(1) * self.segments + torch.arange(self.segments, device=rows.device)).flatten()
+        return {key: value[index] for key, value in draw.items()}
+
     def training_loss(self, model: Denoiser, targets: torch.Tensor, cond: torch.Tensor,
                       generator: Optional[torch.Generator] = None,
                       draw: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:

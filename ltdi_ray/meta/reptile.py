@@ -29,13 +29,15 @@ class Generator(nn.Module):
 
 
 def task_loss(gen: Generator, diffusion: Diffusion, targets: torch.Tensor, support_x: torch.Tensor,
-              support_y: torch.Tensor, draws: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+              support_y: torch.Tensor, draws: int = 1, generator: Optional[torch.Generator] = None,
+              draw: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
     """The diffusion loss of B tasks: targets ``(B, k, D)`` normalised, supports ``(B, K, ...)``.
 
-    Each task's targets are noised ``draws`` times (fresh t and eps per draw and segment).
+    Each task's targets are noised ``draws`` times (fresh t and eps per draw and segment), from
+    ``generator`` or from a ready ``draw`` for the ``B * draws`` repeated target rows.
     """
     c = gen.cond(support_x, support_y).repeat_interleave(draws, dim=0)
-    return diffusion.training_loss(gen.denoiser, targets.repeat_interleave(draws, dim=0), c, generator)
+    return diffusion.training_loss(gen.denoiser, targets.repeat_interleave(draws, dim=0), c, generator, draw)
 
 
 def single_level_step(gen: Generator, diffusion: Diffusion, opt: torch.optim.Optimizer, targets, support_x,

@@ -1,8 +1,9 @@
 """The train stage: a trajectory dataset -> a generator checkpoint, on Ray Train.
 
 Ray Data reads and verifies the dataset's files (only the target checkpoints, the pools and the
-supports) and every Train worker receives all of it (``datasets_to_split=[]``): outer steps draw
-random tasks, and a shared store lets W workers reproduce a one-worker run (meta/trainer.py).
+supports); worker r of W receives its own dataset ``shard_r``, the contiguous task range that
+meta/trainer.py assigns it (only the files that overlap it are read), so W workers hold 1/W of
+the tasks each and still reproduce a one-worker run.
 Each epoch ends with a validation score (the quantity ``evaluate`` reports) and a checkpoint;
 the final one is published at ``<storage.uri>/<name>`` (default ``generator``).
 """
@@ -40,21 +41,56 @@ def open_dataset(cfg: Config) -> TrajectoryDataset:
     return ds
 
 
-def _read_targets(batch: Dict[str, np.ndarray], dataset: TrajectoryDataset, indices: List[int]) -> Dict[str, np.ndarray]:
-    """Ray Data map: file records -> verified rows with only the target checkpoints ``(n, D)``."""
+def _read_targets(batch: Dict[str, np.ndarray], dataset: TrajectoryDataset, indices: List[int],
+                  lo: int, hi: int) -> Dict[str, np.ndarray]:
+    """Ray Data map: file records -> verified rows of tasks ``[lo, hi)`` with only the target
+    checkpoints ``(n, k + 1, D)``."""
     parts = []
     for rec in batch["record"]:
         arrays = dataset.read_file(json.loads(rec), COLUMNS)
+        keep = (arrays["task_id"] >= lo) & (arrays["task_id"] < hi)
+        arrays = {k: v[keep] for k, v in arrays.items()}
         arrays["targets"] = np.ascontiguousarray(arrays.pop("checkpoints")[:, indices])
         parts.append(arrays)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def shard_datasets(ds: TrajectoryDataset, indices: List[int], world: int) -> dict:
+    """``{"shard_r": Ray Dataset}`` for r < world: the verified rows of worker r's task range."""
+    import ray
+
+    from ltdi_ray.meta.trainer import shard_range
+
+    out = {}
+    for rank in range(world):
+        lo, hi = shard_range(ds.num_tasks, rank, world)
+        records = [{"record": json.dumps(rec)} for rec in ds.manifest["files"]
+                   if rec["first_task"] < hi and rec["last_task"] >= lo]
+        out[f"shard_{rank}"] = ray.data.from_items(records).map_batches(
+            _read_targets, batch_size=1, fn_kwargs={"dataset": ds, "indices": indices, "lo": lo, "hi": hi}).materialize()
+    return out
+
+
+SCALING_KEYS = ("num_workers", "use_gpu", "cpus_per_worker", "worker_resources", "max_failures", "reptile_chunk")
+
+
 def run_name(cfg: Config) -> str:
-    """Stable per training config: re-running the same command resumes the same Ray Train run."""
-    key = {"data": fingerprint(cfg), "diffusion": to_plain(cfg.diffusion), "model": to_plain(cfg.model),
-           "train": to_plain(cfg.train)}
+    """Stable per training config: re-running the same command resumes the same Ray Train run.
+
+    How the run is spread (worker count, resources) is not part of the name: a run re-submitted
+    on more or fewer workers resumes where it stopped and follows the same curve.
+    """
+    train = {k: v for k, v in to_plain(cfg.train).items() if k not in SCALING_KEYS}
+    key = {"data": fingerprint(cfg), "diffusion": to_plain(cfg.diffusion), "model": to_plain(cfg.model), "train": train}
     return "train-" + hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=6).hexdigest()
+
+
+def fresh_name(cfg: Config, root: Location) -> str:
+    """The run's name; with ``resume=false`` and an earlier run of it on storage, a new one beside it."""
+    name = run_name(cfg)
+    if cfg.resume or not root.child("train").exists(name):
+        return name
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _storage_path(loc: Location) -> str:
@@ -72,7 +108,8 @@ def _checkpoint_location(checkpoint, root: Location) -> Location:
 def run_train(cfg: Config, name: str = "generator") -> dict:
     """Meta-train a generator on ``<storage.uri>/trajectories``; publish it at ``<storage.uri>/<name>``.
 
-    Returns ``{"stage", "uri", "generator_uri", "workers", "epochs", "val_metric", "tasks_per_s", "seconds"}``.
+    Returns ``{"stage", "uri", "generator_uri", "workers", "epochs", "val_metric", "tasks_per_s",
+    "allreduce_s_per_step", "compute_s_per_step", "seconds"}`` (the last epoch's figures).
     """
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -91,32 +128,32 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     stats = read_norm_stats(ds.loc)
     t = cfg.train
     ensure_ray(cfg.ray)
-    records = [{"record": json.dumps(rec)} for rec in ds.manifest["files"]]
-    data = ray.data.from_items(records).map_batches(
-        _read_targets, batch_size=1, fn_kwargs={"dataset": ds, "indices": indices}).materialize()
+    name_of_run = fresh_name(cfg, root)
+    datasets = shard_datasets(ds, indices, t.num_workers)
     loop_config = {"cfg": to_plain(cfg), "mean": stats["mean"], "std": stats["std"], "indices": indices,
                    "checkpoint_steps": ds.manifest["steps"], "param_spec": ds.manifest["param_spec"],
-                   "dataset": str(ds.loc), "name": name}
+                   "dataset": str(ds.loc), "num_tasks": ds.num_tasks}
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
-        run_config=RunConfig(name=run_name(cfg), storage_path=_storage_path(root.child("train")),
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={
+            "CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {}), **t.worker_resources}),
+        run_config=RunConfig(name=name_of_run, storage_path=_storage_path(root.child("train")),
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": data}, dataset_config=DataConfig(datasets_to_split=[]))
-    log.info("train: %s on %d worker(s), %d epochs x %d outer steps of %d tasks (meta=%s, %s k=%d)", run_name(cfg),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]))
+    log.info("train: %s on %d worker(s), %d epochs x %d outer steps of %d tasks (meta=%s, %s k=%d)", name_of_run,
              t.num_workers, t.epochs, t.steps_per_epoch, t.meta_batch, t.meta, cfg.diffusion.variant,
              cfg.diffusion.segments)
     with user_errors_from_ray():
         result = trainer.fit()
     if result.checkpoint is None:
-        raise DataError(f"training under {root.child('train', run_name(cfg))} reported no checkpoint")
+        raise DataError(f"training under {root.child('train', name_of_run)} reported no checkpoint")
     published = root.child(name)
     copy_checkpoint(_checkpoint_location(result.checkpoint, root), published)
     meta = read_meta(published)
     metrics = meta["metrics"]
-    return {"stage": "train", "uri": str(root.child("train", run_name(cfg))), "generator_uri": str(published),
+    return {"stage": "train", "uri": str(root.child("train", name_of_run)), "generator_uri": str(published),
             "workers": t.num_workers, "epochs": meta["epoch"] + 1, "val_metric": metrics["val_metric"],
-            "tasks_per_s": metrics["tasks_per_s"], "seconds": round(time.time() - start, 2)}
+            "tasks_per_s": metrics["tasks_per_s"], "allreduce_s_per_step": metrics["allreduce_s_per_step"],
+            "compute_s_per_step": metrics["compute_s_per_step"], "seconds": round(time.time() - start, 2)}
 

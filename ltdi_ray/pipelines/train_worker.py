@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from ltdi_ray.config.compose import config_from_plain
+from ltdi_ray.errors import DataError
 from ltdi_ray.generator.api import WeightGenerator
 from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, support_of
 from ltdi_ray.generator.checkpoint import MODEL, read_tensors, read_train_state, write_checkpoint
-from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
+from ltdi_ray.meta.trainer import MetaTrainer, TaskStore, shard_range
 from ltdi_ray.models import WeightNormalizer
 from ltdi_ray.nets.paramspec import ParamSpec
 from ltdi_ray.storage.fs import Location
@@ -21,25 +22,51 @@ from ltdi_ray.tasks import make_family
 from ltdi_ray.trajectories import initial_theta
 
 
-def _load_store(shard, family, norm: WeightNormalizer, device: torch.device) -> TaskStore:
-    """Every row of the (unsplit) dataset, in task-id order, as tensors on ``device``."""
-    parts = list(shard.iter_batches(batch_size=4096, batch_format="numpy"))
+def _load_store(shard, family, norm: WeightNormalizer, device: torch.device, total: int, rank: int,
+                world: int) -> TaskStore:
+    """This worker's task range of the dataset, in task-id order, as tensors on ``device``."""
+    lo, hi = shard_range(total, rank, world)
+    parts = [p for p in shard.iter_batches(batch_size=4096, batch_format="numpy") if len(p["task_id"])]
+    if not parts:
+        raise DataError(f"worker {rank} received no training rows for tasks [{lo}, {hi})")
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(rows["task_id"], kind="stable")
+    if not np.array_equal(rows["task_id"][order], np.arange(lo, hi)):
+        raise DataError(f"worker {rank} expected tasks {lo}..{hi - 1} and received {len(order)} rows "
+                        f"({rows['task_id'].min()}..{rows['task_id'].max()}): the dataset is missing tasks")
     targets = norm.normalize(torch.from_numpy(rows["targets"][order]).float())
     return TaskStore(targets.to(device), family.to_torch(rows["pool_x"][order]).to(device),
                      family.targets_to_torch(rows["pool_y"][order]).to(device),
-                     torch.from_numpy(rows["support_idx"][order].astype(np.int64)).to(device))
+                     torch.from_numpy(rows["support_idx"][order].astype(np.int64)).to(device), first=lo, total=total)
+
+
+def _node_ids(world: int) -> List[str]:
+    """The Ray node of every worker, by rank (recorded in the checkpoint: where the run ran)."""
+    import ray
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return [node]
+    import torch.distributed as dist
+
+    nodes: List[str] = [""] * world
+    dist.all_gather_object(nodes, node)
+    return nodes
 
 
 def _allreduce(world: int):
+    """Sum tensors over the workers in one collective (one flat buffer: per-tensor calls cost a
+    round trip each)."""
     if world == 1:
         return None
     import torch.distributed as dist
 
     def allreduce(tensors: List[torch.Tensor]) -> None:
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
         for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     return allreduce
 
@@ -57,12 +84,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     family = make_family(cfg.task, cfg.storage.endpoint_url)
     spec = ParamSpec.from_json(loop_config["param_spec"])
     facts = DataFacts(dim=spec.dim, checkpoint_steps=list(loop_config["checkpoint_steps"]))
-    norm = WeightNormalizer(torch.from_numpy(loop_config["mean"]), torch.from_numpy(loop_config["std"])).to(device)
+    # copies: arrays from Ray's object store are read-only
+    norm = WeightNormalizer(torch.tensor(loop_config["mean"]), torch.tensor(loop_config["std"])).to(device)
     theta0 = initial_theta(family, cfg.trajectory.init_seed)
     torch.manual_seed(t.seed)  # identical initial weights on every worker
     model = build_model(cfg, family, facts).to(device)
-    trainer = MetaTrainer(model, build_diffusion(cfg), _load_store(ray.train.get_dataset_shard("train"), family,
-                                                                   norm, device), t, rank, world, _allreduce(world))
+    store = _load_store(ray.train.get_dataset_shard(f"shard_{rank}"), family, norm, device,
+                        int(loop_config["num_tasks"]), rank, world)
+    trainer = MetaTrainer(model, build_diffusion(cfg), store, t, rank, world, _allreduce(world))
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -76,23 +105,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
     live = WeightGenerator(cfg, spec, facts, model, norm, theta0.to(device)).to(device)  # shares model's weights
     meta = {"config": loop_config["cfg"], "param_spec": loop_config["param_spec"],
             "checkpoint_steps": facts.checkpoint_steps, "target_indices": loop_config["indices"],
-            "dataset": loop_config["dataset"], "num_train_tasks": len(trainer.store), "workers": world}
+            "dataset": loop_config["dataset"], "num_train_tasks": store.total, "workers": world,
+            "nodes": _node_ids(world)}
     for epoch in range(start_epoch, t.epochs):
         tic = time.time()
         model.train()
+        trainer.timing = dict.fromkeys(trainer.timing, 0)
         losses = [trainer.step(epoch * t.steps_per_epoch + s) for s in range(t.steps_per_epoch)]
         seconds = time.time() - tic
         model.eval()
         score = live.query_metric(live.generate_batch(val_sx, val_sy, seed=0), val)
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "val_metric": float(score.mean()),
-                   "val_metric_median": float(score.median()), "epoch_seconds": round(seconds, 3),
-                   "tasks_per_s": round(t.steps_per_epoch * t.meta_batch / seconds, 2)}
+        metrics = {"epoch": epoch, "start_epoch": start_epoch, "loss": float(np.mean(losses)),
+                   "val_metric": float(score.mean()), "val_metric_median": float(score.median()),
+                   "epoch_seconds": round(seconds, 3),
+                   "tasks_per_s": round(t.steps_per_epoch * t.meta_batch / seconds, 2),
+                   "compute_s_per_step": round(trainer.timing["compute_s"] / t.steps_per_epoch, 5),
+                   "allreduce_s_per_step": round(trainer.timing["allreduce_s"] / t.steps_per_epoch, 5)}
         with tempfile.TemporaryDirectory() as d:
             reported = None
             if rank == 0:
                 write_checkpoint(Location.parse(d), model,
                                  {"mean": norm.mean, "std": norm.std, "theta0": theta0},
                                  {**meta, "epoch": epoch, "metrics": metrics},
-                                 {"optimizer": trainer.opt.state_dict(), "epoch": epoch})
+                                 # every random draw derives from (train.seed, step): no RNG state to keep
+                                 {"optimizer": trainer.opt.state_dict(), "epoch": epoch,
+                                  "step": (epoch + 1) * t.steps_per_epoch, "seed": t.seed})
                 reported = Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=reported)
