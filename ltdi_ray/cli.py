@@ -20,8 +20,10 @@ def _stages() -> Dict[str, Callable]:
     from ltdi_ray.pipelines.evaluate import run_evaluate
     from ltdi_ray.pipelines.pipeline import run_pipeline
     from ltdi_ray.pipelines.train import run_train
+    from ltdi_ray.pipelines.tune import run_tune
 
-    return {"collect": run_collect, "train": run_train, "evaluate": run_evaluate, "pipeline": run_pipeline}
+    return {"collect": run_collect, "train": run_train, "evaluate": run_evaluate, "pipeline": run_pipeline,
+            "tune": run_tune}
 
 
 USAGE = "usage: python -m ltdi_ray <stage> [key=value ...]   stages: {stages}"

@@ -43,13 +43,14 @@ def bucket(s3_endpoint):
 
 
 def start_local_ray():
-    """The session's local Ray (4 logical CPUs: room for Data next to actors)."""
+    """The session's local Ray (4 logical CPUs: room for Data next to actors). With the dashboard:
+    Train's placement-group cleaner needs its State API when Tune stops trials (RAY_NOTES 0.3)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
-    ray.init(address="local", num_cpus=4, object_store_memory=256 * 1024**2, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=4, object_store_memory=256 * 1024**2, include_dashboard=True,
+             dashboard_port=_free_port(), log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 

@@ -89,9 +89,45 @@ def to_config(cfg: DictConfig) -> Config:
         raise ConfigError(_one_line(err)) from None
 
 
+def _value(v) -> str:
+    """A value in Hydra's override grammar."""
+    if isinstance(v, bool) or v is None:
+        return {True: "true", False: "false", None: "null"}[v]
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return repr(v)
+
+
+def file_overrides(path: str) -> List[str]:
+    """``key=value`` overrides from a YAML file of nested config keys (e.g. the best config a
+    sweep wrote); passed as ``config_file=PATH``, they apply before the command line's own."""
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except FileNotFoundError:
+        raise ConfigError(f"config_file={path}: no such file") from None
+    except Exception as err:
+        raise ConfigError(f"config_file={path}: not a YAML mapping ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config_file={path}: not a YAML mapping of config keys")
+
+    def walk(d: dict, prefix: str) -> List[str]:
+        out = []
+        for k, v in d.items():
+            out += walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={_value(v)}"]
+        return out
+
+    return walk(data, "")
+
+
 def load_config(overrides: Sequence[str] = ()) -> Config:
-    """Compose and validate: the single way every stage gets its config."""
-    return to_config(compose_dict(overrides))
+    """Compose and validate: the single way every stage gets its config (``config_file=PATH``
+    entries expand to that file's overrides, in place)."""
+    expanded: List[str] = []
+    for item in overrides:
+        expanded += file_overrides(item.split("=", 1)[1]) if item.startswith("config_file=") else [item]
+    return to_config(compose_dict(expanded))
 
 
 def config_from_plain(data: dict) -> Config:

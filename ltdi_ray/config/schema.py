@@ -17,6 +17,7 @@ from omegaconf import MISSING
 
 from ltdi_ray.config.checks import check
 from ltdi_ray.config.method import DiffusionConfig, EvaluateConfig, ModelConfig, TrainConfig
+from ltdi_ray.config.sweep import SweepConfig
 
 
 def _absolute(uri: str) -> str:
@@ -178,6 +179,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tune: SweepConfig = field(default_factory=SweepConfig)
     resume: bool = True  # train: continue the run of the same config from its latest checkpoint; false: a new run
 
     def __post_init__(self) -> None:

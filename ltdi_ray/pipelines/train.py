@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -93,16 +93,53 @@ def fresh_name(cfg: Config, root: Location) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _storage_path(loc: Location) -> str:
+def storage_path(loc: Location) -> str:
+    """A Ray ``storage_path`` for ``loc`` (S3 endpoints travel in the URI's query)."""
     if not loc.is_s3 or not loc.endpoint_url:
         return loc.uri
     region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
     return f"{loc.uri}?endpoint_override={loc.endpoint_url}&region={region}"
 
 
-def _checkpoint_location(checkpoint, root: Location) -> Location:
+def checkpoint_location(checkpoint, root: Location) -> Location:
+    """Where a Ray Train ``Checkpoint`` under ``root``'s filesystem lives, as a :class:`Location`."""
     return Location(("s3://" if root.is_s3 else "") + checkpoint.path.lstrip("/" if root.is_s3 else ""),
                     root.endpoint_url)
+
+
+def prepare_training(cfg: Config) -> Tuple[Location, dict, dict]:
+    """Open and check the dataset, start Ray, read the shards: ``(root, loop_config, datasets)``."""
+    from ltdi_ray.generator.build import build_diffusion
+    from ltdi_ray.pipelines.runtime import ensure_ray
+
+    root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
+    root.check_reachable()
+    ds = open_dataset(cfg)
+    indices = build_diffusion(cfg).checkpoint_indices(ds.manifest["steps"])
+    stats = read_norm_stats(ds.loc)
+    ensure_ray(cfg.ray)
+    loop_config = {"cfg": to_plain(cfg), "mean": stats["mean"], "std": stats["std"], "indices": indices,
+                   "checkpoint_steps": ds.manifest["steps"], "param_spec": ds.manifest["param_spec"],
+                   "dataset": str(ds.loc), "num_tasks": ds.num_tasks}
+    return root, loop_config, shard_datasets(ds, indices, cfg.train.num_workers)
+
+
+def make_trainer(cfg: Config, loop_config: dict, datasets: dict, name: str, storage: Location, callbacks=()):
+    """The ``TorchTrainer`` of one training run named ``name`` under ``storage``."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ltdi_ray.pipelines.train_worker import train_loop_per_worker
+
+    t = cfg.train
+    return TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={
+            "CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {}), **t.worker_resources}),
+        run_config=RunConfig(name=name, storage_path=storage_path(storage), callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]))
 
 
 def run_train(cfg: Config, name: str = "generator") -> dict:
@@ -111,36 +148,14 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     Returns ``{"stage", "uri", "generator_uri", "workers", "epochs", "val_metric", "tasks_per_s",
     "allreduce_s_per_step", "compute_s_per_step", "seconds"}`` (the last epoch's figures).
     """
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from ltdi_ray.generator.build import build_diffusion
     from ltdi_ray.generator.checkpoint import copy_checkpoint, read_meta
-    from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
-    from ltdi_ray.pipelines.train_worker import train_loop_per_worker
+    from ltdi_ray.pipelines.runtime import user_errors_from_ray
 
     start = time.time()
-    root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
-    root.check_reachable()
-    ds = open_dataset(cfg)
-    indices = build_diffusion(cfg).checkpoint_indices(ds.manifest["steps"])
-    stats = read_norm_stats(ds.loc)
     t = cfg.train
-    ensure_ray(cfg.ray)
+    root, loop_config, datasets = prepare_training(cfg)
     name_of_run = fresh_name(cfg, root)
-    datasets = shard_datasets(ds, indices, t.num_workers)
-    loop_config = {"cfg": to_plain(cfg), "mean": stats["mean"], "std": stats["std"], "indices": indices,
-                   "checkpoint_steps": ds.manifest["steps"], "param_spec": ds.manifest["param_spec"],
-                   "dataset": str(ds.loc), "num_tasks": ds.num_tasks}
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={
-            "CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {}), **t.worker_resources}),
-        run_config=RunConfig(name=name_of_run, storage_path=_storage_path(root.child("train")),
-                             failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]))
+    trainer = make_trainer(cfg, loop_config, datasets, name_of_run, root.child("train"))
     log.info("train: %s on %d worker(s), %d epochs x %d outer steps of %d tasks (meta=%s, %s k=%d)", name_of_run,
              t.num_workers, t.epochs, t.steps_per_epoch, t.meta_batch, t.meta, cfg.diffusion.variant,
              cfg.diffusion.segments)
@@ -149,11 +164,10 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     if result.checkpoint is None:
         raise DataError(f"training under {root.child('train', name_of_run)} reported no checkpoint")
     published = root.child(name)
-    copy_checkpoint(_checkpoint_location(result.checkpoint, root), published)
+    copy_checkpoint(checkpoint_location(result.checkpoint, root), published)
     meta = read_meta(published)
     metrics = meta["metrics"]
     return {"stage": "train", "uri": str(root.child("train", name_of_run)), "generator_uri": str(published),
             "workers": t.num_workers, "epochs": meta["epoch"] + 1, "val_metric": metrics["val_metric"],
             "tasks_per_s": metrics["tasks_per_s"], "allreduce_s_per_step": metrics["allreduce_s_per_step"],
             "compute_s_per_step": metrics["compute_s_per_step"], "seconds": round(time.time() - start, 2)}
-

@@ -1,0 +1,144 @@
+"""The tune stage: a Ray Tune sweep whose trials are training runs (Train v2's driver pattern).
+
+Each trial is a function that composes its config (the base config plus the trial's sampled
+keys, validated like any other), reads the dataset shards and runs a ``TorchTrainer``; Train's
+``TuneReportCallback`` forwards every epoch's validation metric to Tune, where ASHA stops weak
+trials early. Results, trial runs and the experiment state live under
+``<storage.uri>/tune/<tune.name>``; re-running the same command resumes an interrupted sweep.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Any, Dict
+
+from ltdi_ray.config.compose import config_from_plain, to_plain
+from ltdi_ray.config.schema import Config
+from ltdi_ray.config.sweep import flatten_space
+from ltdi_ray.errors import ConfigError, DataError
+from ltdi_ray.pipelines.train import make_trainer, open_dataset, prepare_training, storage_path
+from ltdi_ray.storage.fs import Location
+from ltdi_ray.tasks import make_family
+
+log = logging.getLogger("ltdi_ray")
+METRIC = "val_metric"
+
+
+def set_dotted(plain: dict, key: str, value: Any) -> None:
+    node = plain
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def trial_config(base: dict, params: Dict[str, Any]) -> Config:
+    """The validated config of a trial: ``base`` (plain) with the dotted ``params`` set."""
+    plain = copy.deepcopy(base)
+    for key, value in params.items():
+        set_dotted(plain, key, value)
+    return config_from_plain(plain)
+
+
+def run_trial(config: dict, base: dict) -> None:
+    """Tune's trainable: one training run of ``base`` with the trial's ``params``, reporting each
+    epoch to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = trial_config(base, config["params"])
+    root, loop_config, datasets = prepare_training(cfg)
+    trial = ray.tune.get_context().get_trial_id()
+    sweep = root.child("tune", cfg.tune.name, "runs")
+    make_trainer(cfg, loop_config, datasets, f"trial-{trial}", sweep, callbacks=[TuneReportCallback()]).fit()
+
+
+def _sampler(kind: str, arg: list):
+    from ray import tune
+
+    return {"grid": tune.grid_search, "choice": tune.choice}[kind](arg) if kind in ("grid", "choice") else \
+        {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*arg)
+
+
+def check_space(cfg: Config) -> Dict[str, Any]:
+    """Every listed value must make a valid config (checked here, not in a failed trial)."""
+    space = flatten_space(cfg.tune.space)
+    if not space:
+        raise ConfigError("tune.space is empty: name at least one key to sweep (see conf/tune/default.yaml)")
+    base = to_plain(cfg)
+    for key, kind, arg in space:
+        for value in (arg if kind in ("grid", "choice") else arg[:2]):
+            try:
+                trial_config(base, {key: value})
+            except (KeyError, TypeError):
+                raise ConfigError(f"tune.space.{key}: {key} is not a config key") from None
+            except ConfigError as err:
+                raise ConfigError(f"tune.space.{key}={value!r}: {err}") from None
+    return {key: _sampler(kind, arg) for key, kind, arg in space}
+
+
+def max_concurrent(cfg: Config) -> int:
+    """Trials that fit the cluster's CPUs (one left for Ray Data) and GPUs at once."""
+    import ray
+
+    if cfg.tune.max_concurrent_trials:
+        return cfg.tune.max_concurrent_trials
+    t, free = cfg.train, ray.available_resources()
+    fits = int(max(0.0, free.get("CPU", 0) - 1) // (t.num_workers * t.cpus_per_worker))
+    if t.use_gpu:
+        fits = min(fits, int(free.get("GPU", 0) // t.num_workers))
+    return max(1, fits)
+
+
+def run_tune(cfg: Config) -> dict:
+    """Sweep ``tune.space`` with ASHA on the validation metric; write the table, plots and best config.
+
+    Returns ``{"stage", "uri", "trials", "best_metric", "best_config", "best_params", "table", "plots", "seconds"}``.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
+    from ltdi_ray.pipelines.tune_report import write_report
+
+    start = time.time()
+    params = check_space(cfg)
+    root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
+    root.check_reachable()
+    open_dataset(cfg)  # fail here, not in every trial, when the dataset is missing or was collected otherwise
+    mode = "min" if make_family(cfg.task, cfg.storage.endpoint_url).loss == "mse" else "max"
+    ensure_ray(cfg.ray)
+    sweep_root = root.child("tune")
+    # the driver only waits on its Train run: it holds a sliver of a CPU
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=to_plain(cfg)), {"CPU": 0.01})
+    path = storage_path(sweep_root.child(cfg.tune.name))
+    if tune.Tuner.can_restore(path):
+        log.info("tune: resuming the sweep at %s", sweep_root.child(cfg.tune.name))
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space={"params": params},
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode=mode, num_samples=cfg.tune.num_samples,
+                max_concurrent_trials=max_concurrent(cfg),
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                                        grace_period=min(cfg.tune.grace_period, cfg.train.epochs),
+                                        reduction_factor=cfg.tune.reduction_factor)),
+            run_config=tune.RunConfig(name=cfg.tune.name, storage_path=storage_path(sweep_root),
+                                      failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)))
+    with user_errors_from_ray():
+        results = tuner.fit()
+    expected = cfg.tune.num_samples * math.prod(len(a) for _, kind, a in flatten_space(cfg.tune.space) if kind == "grid")
+    if len(results) < expected or results.num_terminated + results.num_errors < len(results):
+        raise KeyboardInterrupt  # Ctrl-C: Tune saved the sweep's state and stopped; the CLI says how to resume
+    report = write_report(results, sweep_root.child(cfg.tune.name), METRIC, mode)
+    if report["best"] is None:
+        raise DataError(f"no trial of the sweep at {sweep_root.child(cfg.tune.name)} reported {METRIC}; "
+                        f"first error: {report['first_error']}")
+    return {"stage": "tune", "uri": str(sweep_root.child(cfg.tune.name)), "trials": report["trials"],
+            "best_metric": report["best"][METRIC], "best_config": report["best_config"],
+            "best_params": report["best"]["params"], "table": report["table"], "plots": report["plots"],
+            "seconds": round(time.time() - start, 2)}

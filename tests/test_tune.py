@@ -1,0 +1,89 @@
+"""The tune stage on a real local Ray: a tiny sweep, its outputs, the best config into train, resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ltdi_ray.cli import main
+from ltdi_ray.config import load_config
+from ltdi_ray.errors import ConfigError
+from ltdi_ray.pipelines.collect import run_collect
+from ltdi_ray.pipelines.train import run_train
+from ltdi_ray.pipelines.tune import check_space, run_tune
+
+SWEEP = ["experiment=smoke", "collect.num_tasks=32", "collect.batch_size=16", "collect.num_actors=1",
+         "train.cpus_per_worker=1", "tune=none", "+tune.space.diffusion.segments.grid=[1,3]",
+         "+tune.space.diffusion.variant.grid=[local_consistency,bridge]", "tune.grace_period=1"]
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    cfg = load_config([*SWEEP, f"storage.uri={root}"])
+    run_collect(cfg)
+    return cfg, run_tune(cfg)
+
+
+def test_a_tiny_sweep_writes_its_table_best_config_and_plots(sweep):
+    cfg, summary = sweep
+    assert summary["trials"] == 4 and summary["uri"] == str(Path(cfg.storage.uri) / "tune" / "sweep")
+    table = json.loads(Path(summary["table"]).read_text())
+    metrics = [t["val_metric"] for t in table["trials"]]
+    assert metrics == sorted(metrics) and summary["best_metric"] == metrics[0]
+    assert {tuple(sorted(t["params"].items())) for t in table["trials"]} == {
+        (("diffusion.segments", k), ("diffusion.variant", v)) for k in (1, 3) for v in ("local_consistency", "bridge")}
+    assert all(1 <= t["epochs"] <= 2 and len(t["history"]) == t["epochs"] for t in table["trials"])
+    assert sorted(Path(p).name for p in summary["plots"]) == ["learning_curves.png", "metric_vs_k.png"]
+    assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in summary["plots"])
+
+
+def test_the_best_config_round_trips_into_train(sweep):
+    cfg, summary = sweep
+    best = load_config([*SWEEP, f"storage.uri={cfg.storage.uri}", f"config_file={summary['best_config']}"])
+    params = summary["best_params"]
+    assert best.diffusion.segments == params["diffusion.segments"] and best.diffusion.variant == params["diffusion.variant"]
+    trained = run_train(best)
+    assert trained["epochs"] == 2
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(sweep, ray_session):
+    cfg, _ = sweep
+    args = [*SWEEP, f"storage.uri={cfg.storage.uri}", "tune.name=interrupted", "tune.max_concurrent_trials=1",
+            f"ray.address={ray_session.get_runtime_context().gcs_address}"]
+    proc = subprocess.Popen([sys.executable, "-m", "ltdi_ray", "tune", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=Path(cfg.storage.uri))
+    runs = Path(cfg.storage.uri) / "tune" / "interrupted" / "runs"
+    deadline = time.time() + 240
+    while not list(runs.glob("trial-*/checkpoint_manager_snapshot.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its experiment state and stops
+    assert proc.wait(timeout=120) != 0
+    from ray import tune
+    assert tune.Tuner.can_restore(str(runs.parent))
+    resumed = run_tune(load_config(args))
+    table = json.loads(Path(resumed["table"]).read_text())["trials"]
+    assert resumed["trials"] == 4 and all(t["val_metric"] is not None for t in table)
+
+
+def test_rerunning_the_sweep_resumes_it_instead_of_starting_over(sweep, capsys):
+    cfg, first = sweep
+    again = run_tune(cfg)  # the experiment state is on storage: the finished trials are not run again
+    assert again["trials"] == 4 and again["best_metric"] == first["best_metric"]
+    assert again["seconds"] < first["seconds"]
+
+
+def test_an_empty_or_unknown_space_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "experiment=smoke", f"storage.uri={tmp_path}", "tune=none"])
+    assert exit_info.value.code != 0 and "tune.space is empty" in capsys.readouterr().err
+    cfg = load_config(["experiment=smoke", f"storage.uri={tmp_path}", "tune=none", "+tune.space.train.nope.grid=[1]"])
+    with pytest.raises(ConfigError, match=r"tune.space.train.nope=1: unknown config key 'train.nope'"):
+        check_space(cfg)
+    bad = load_config(["experiment=smoke", f"storage.uri={tmp_path}", "tune=none", "+tune.space.diffusion.segments.grid=[3,0]"])
+    with pytest.raises(ConfigError, match=r"tune.space.diffusion.segments=0: config key 'diffusion.segments': must be in"):
+        check_space(bad)
