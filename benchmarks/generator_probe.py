@@ -27,7 +27,6 @@ from ltdi_ray.generator.api import WeightGenerator
 from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, support_of
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
 from ltdi_ray.models import WeightNormalizer
-from ltdi_ray.nets.paramspec import ParamSpec
 from ltdi_ray.tasks import make_family
 from ltdi_ray.trajectories import initial_theta
 
