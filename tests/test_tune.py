@@ -15,6 +15,7 @@ from ltdi_ray.errors import ConfigError
 from ltdi_ray.pipelines.collect import run_collect
 from ltdi_ray.pipelines.train import run_train
 from ltdi_ray.pipelines.tune import check_space, run_tune
+from ltdi_ray.storage.fs import Location
 
 SWEEP = ["experiment=smoke", "collect.num_tasks=32", "collect.batch_size=16", "collect.num_actors=1",
          "train.cpus_per_worker=1", "tune=none", "+tune.space.diffusion.segments.grid=[1,3]",
@@ -87,3 +88,13 @@ def test_an_empty_or_unknown_space_is_one_line(tmp_path, capsys):
     bad = load_config(["experiment=smoke", f"storage.uri={tmp_path}", "tune=none", "+tune.space.diffusion.segments.grid=[3,0]"])
     with pytest.raises(ConfigError, match=r"tune.space.diffusion.segments=0: config key 'diffusion.segments': must be in"):
         check_space(bad)
+
+
+def test_a_sweep_on_s3_keeps_its_state_and_outputs_in_the_bucket(ray_session, bucket, s3_endpoint):
+    cfg = load_config([*SWEEP[:-2], f"storage.uri=s3://{bucket}/run", f"storage.endpoint_url={s3_endpoint}"])
+    run_collect(cfg)
+    summary = run_tune(cfg)
+    assert summary["trials"] == 2 and summary["best_config"] == f"s3://{bucket}/run/tune/sweep/best_config.yaml"
+    names = Location.parse(summary["uri"], s3_endpoint).list()
+    assert {"trials.json", "best_config.yaml", "learning_curves.png", "metric_vs_k.png"} <= set(names)
+    assert any(n.startswith("experiment_state") for n in names)  # Tune's own state, for resuming
