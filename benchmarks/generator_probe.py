@@ -28,6 +28,7 @@ from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, su
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
 from ltdi_ray.models import WeightNormalizer
 from ltdi_ray.tasks import make_family
+from ltdi_ray.storage.artifact import checkpoint_moments, stats_from_moments
 from ltdi_ray.trajectories import initial_theta
 
 
@@ -48,8 +49,8 @@ def collected_rows(cfg, num_tasks: int, device: str, batch: int = 4096):
     batcher = make_batcher(cfg, device)
     parts = [batcher(np.arange(i, min(i + batch, num_tasks))) for i in range(0, num_tasks, batch)]
     rows = {k: np.concatenate([p[k] for p in parts]) for k in ["checkpoints", "pool_x", "pool_y", "support_idx"]}
-    targets = rows["checkpoints"][:, 1:].reshape(-1, rows["checkpoints"].shape[-1]).astype(np.float64)
-    stats = {"mean": targets.mean(0).astype(np.float32), "std": targets.std(0).astype(np.float32)}
+    mean, std, _ = stats_from_moments(*checkpoint_moments(rows["checkpoints"]))
+    stats = {"mean": mean, "std": std}
     return rows, stats, batcher.spec, list(batcher.opt.checkpoint_steps)
 
 

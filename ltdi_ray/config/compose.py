@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -100,6 +100,22 @@ def _value(v) -> str:
     return repr(v)
 
 
+def dotted(nested: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: Dict[str, Any] = {}
+    for k, v in nested.items():
+        out.update(dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def set_dotted(nested: Dict[str, Any], key: str, value: Any) -> None:
+    """Set ``nested["a"]["b"] = value`` for ``key = "a.b"``, creating missing levels."""
+    *parents, leaf = key.split(".")
+    for p in parents:
+        nested = nested.setdefault(p, {})
+    nested[leaf] = value
+
+
 def file_overrides(path: str) -> List[str]:
     """``key=value`` overrides from a YAML file of nested config keys (e.g. the best config a
     sweep wrote); passed as ``config_file=PATH``, they apply before the command line's own."""
@@ -111,14 +127,7 @@ def file_overrides(path: str) -> List[str]:
         raise ConfigError(f"config_file={path}: not a YAML mapping ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config_file={path}: not a YAML mapping of config keys")
-
-    def walk(d: dict, prefix: str) -> List[str]:
-        out = []
-        for k, v in d.items():
-            out += walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={_value(v)}"]
-        return out
-
-    return walk(data, "")
+    return [f"{k}={_value(v)}" for k, v in dotted(data).items()]
 
 
 def load_config(overrides: Sequence[str] = ()) -> Config:

@@ -57,11 +57,16 @@ class TaskStore:
     def __len__(self) -> int:
         return self.targets.shape[0]
 
+    def holds(self, idx: np.ndarray) -> np.ndarray:
+        """Which task positions ``idx (B,)`` are rows of this shard."""
+        return (idx >= self.first) & (idx < self.first + len(self))
+
 
 class MetaTrainer:
     """Reptile (``meta="reptile"``) or single-level (``"none"``) outer steps on a :class:`TaskStore`.
 
-    ``timing`` accumulates seconds of computation and of all-reduce, for the scaling benchmark.
+    Seconds of computation and of all-reduce accumulate until :meth:`take_timing` (the scaling
+    figures each epoch reports).
     """
 
     def __init__(self, gen: Generator, diffusion: Diffusion, store: TaskStore, train_cfg, rank: int = 0,
@@ -72,7 +77,7 @@ class MetaTrainer:
         self.params = [p for p in gen.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=train_cfg.lr)
         self.device = store.targets.device
-        self.timing = {"compute_s": 0.0, "allreduce_s": 0.0, "steps": 0}
+        self._timing = {"compute_s": 0.0, "allreduce_s": 0.0, "steps": 0}
 
     def lr_at(self, step: int) -> float:
         """The outer learning rate of ``step``: a function of the step alone, so a resumed or
@@ -90,13 +95,13 @@ class MetaTrainer:
         pool, shots = store.pool_x.shape[1], store.support_idx.shape[1]
         picks = np.argsort(rng.random((b, pool)), axis=1)[:, :shots]
         if not self.cfg.resample_support:  # the stored supports of this worker's tasks
-            mine = (idx >= store.first) & (idx < store.first + len(store))
+            mine = store.holds(idx)
             picks[mine] = store.support_idx[torch.as_tensor(idx[mine] - store.first)].cpu().numpy()
         return idx, picks
 
     def _slice(self, step: int):
         idx, picks = self.batch(step)
-        slots = np.flatnonzero((idx >= self.store.first) & (idx < self.store.first + len(self.store)))
+        slots = np.flatnonzero(self.store.holds(idx))
         ti = torch.as_tensor(idx[slots] - self.store.first, device=self.device)
         pk = torch.as_tensor(picks[slots], device=self.device, dtype=torch.long)
         return (slots, self.store.targets[ti], pick_points(self.store.pool_x, ti, pk),
@@ -155,7 +160,14 @@ class MetaTrainer:
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
         apply_meta_gradient(self.gen, self.opt, sums, c.meta_batch)
-        self.timing["compute_s"] += mid - tic + time.perf_counter() - done
-        self.timing["allreduce_s"] += done - mid
-        self.timing["steps"] += 1
+        self._timing["compute_s"] += mid - tic + time.perf_counter() - done
+        self._timing["allreduce_s"] += done - mid
+        self._timing["steps"] += 1
         return loss
+
+    def take_timing(self) -> dict:
+        """Seconds per outer step (compute, all-reduce) since the last call, and reset."""
+        t, steps = self._timing, max(1, self._timing["steps"])
+        self._timing = {"compute_s": 0.0, "allreduce_s": 0.0, "steps": 0}
+        return {"compute_s_per_step": round(t["compute_s"] / steps, 5),
+                "allreduce_s_per_step": round(t["allreduce_s"] / steps, 5)}

@@ -110,7 +110,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(start_epoch, t.epochs):
         tic = time.time()
         model.train()
-        trainer.timing = dict.fromkeys(trainer.timing, 0)
         losses = [trainer.step(epoch * t.steps_per_epoch + s) for s in range(t.steps_per_epoch)]
         seconds = time.time() - tic
         model.eval()
@@ -118,9 +117,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {"epoch": epoch, "start_epoch": start_epoch, "loss": float(np.mean(losses)),
                    "val_metric": float(score.mean()), "val_metric_median": float(score.median()),
                    "epoch_seconds": round(seconds, 3),
-                   "tasks_per_s": round(t.steps_per_epoch * t.meta_batch / seconds, 2),
-                   "compute_s_per_step": round(trainer.timing["compute_s"] / t.steps_per_epoch, 5),
-                   "allreduce_s_per_step": round(trainer.timing["allreduce_s"] / t.steps_per_epoch, 5)}
+                   "tasks_per_s": round(t.steps_per_epoch * t.meta_batch / seconds, 2), **trainer.take_timing()}
         with tempfile.TemporaryDirectory() as d:
             reported = None
             if rank == 0:

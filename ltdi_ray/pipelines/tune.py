@@ -15,7 +15,7 @@ import math
 import time
 from typing import Any, Dict
 
-from ltdi_ray.config.compose import config_from_plain, to_plain
+from ltdi_ray.config.compose import config_from_plain, set_dotted, to_plain
 from ltdi_ray.config.schema import Config
 from ltdi_ray.config.sweep import flatten_space
 from ltdi_ray.errors import ConfigError, DataError
@@ -25,14 +25,6 @@ from ltdi_ray.tasks import make_family
 
 log = logging.getLogger("ltdi_ray")
 METRIC = "val_metric"
-
-
-def set_dotted(plain: dict, key: str, value: Any) -> None:
-    node = plain
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
 
 
 def trial_config(base: dict, params: Dict[str, Any]) -> Config:

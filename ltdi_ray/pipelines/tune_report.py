@@ -10,26 +10,16 @@ from typing import Any, Dict, List
 
 from omegaconf import OmegaConf
 
+from ltdi_ray.config.compose import dotted, set_dotted
 from ltdi_ray.storage.fs import Location
 
 TABLE, BEST, CURVES, BY_K = "trials.json", "best_config.yaml", "learning_curves.png", "metric_vs_k.png"
 
 
-def _dotted(nested: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out = {}
-    for k, v in nested.items():
-        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _nested(dotted: Dict[str, Any]) -> Dict[str, Any]:
+def _nested(flat: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
-    for key, value in dotted.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    for key, value in flat.items():
+        set_dotted(out, key, value)
     return out
 
 
@@ -40,7 +30,7 @@ def trial_rows(results, metric: str, mode: str) -> List[dict]:
         df = r.metrics_dataframe
         history = [float(v) for v in df[metric].dropna()] if df is not None and metric in df else []
         rows.append({"trial": r.path.rstrip("/").split("/")[-1] if r.path else None,
-                     "params": _dotted(r.config.get("params", {})), "epochs": len(history),
+                     "params": dotted(r.config.get("params", {})), "epochs": len(history),
                      metric: history[-1] if history else None, "history": history,
                      "error": None if r.error is None else str(r.error).splitlines()[0][:300]})
     sign = 1 if mode == "min" else -1

@@ -91,9 +91,15 @@ def summarise(name: str, data: bytes, table: pa.Table) -> PartSummary:
     ckpt = table.column("checkpoints").combine_chunks()
     n, num_ckpt = len(ckpt), int(table.column("steps").type.list_size)
     flat = ckpt.values.to_numpy(zero_copy_only=False).reshape(n, num_ckpt, -1)
-    targets = flat[:, 1:].reshape(-1, flat.shape[-1]).astype(np.float64)  # theta_0 is no target
-    return PartSummary(name, n, len(data), hashlib.sha256(data).hexdigest(),
-                       table.column("task_id").to_numpy(), targets.sum(0), np.square(targets).sum(0), len(targets))
+    return PartSummary(name, n, len(data), hashlib.sha256(data).hexdigest(), table.column("task_id").to_numpy(),
+                       *checkpoint_moments(flat))
+
+
+def checkpoint_moments(checkpoints: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Per-coordinate sum and sum of squares ``(D,)`` float64, and the count, of checkpoints
+    1..C-1 of ``checkpoints (n, C, D)`` (theta_0 is no target)."""
+    targets = checkpoints[:, 1:].reshape(-1, checkpoints.shape[-1]).astype(np.float64)
+    return targets.sum(0), np.square(targets).sum(0), len(targets)
 
 
 def write_part(data_dir: Location, table: pa.Table) -> PartSummary:
@@ -139,9 +145,12 @@ def read_json(loc: Location, name: str) -> Optional[dict]:
 
 def merge_stats(parts: List[PartSummary]) -> Tuple[np.ndarray, np.ndarray, int]:
     """Per-coordinate mean and std ``(D,)`` float32 over every part's checkpoints 1..C-1."""
-    count = sum(p.ckpt_count for p in parts)
-    total = np.sum([p.ckpt_sum for p in parts], axis=0)
-    total_sq = np.sum([p.ckpt_sumsq for p in parts], axis=0)
+    return stats_from_moments(np.sum([p.ckpt_sum for p in parts], axis=0),
+                              np.sum([p.ckpt_sumsq for p in parts], axis=0), sum(p.ckpt_count for p in parts))
+
+
+def stats_from_moments(total: np.ndarray, total_sq: np.ndarray, count: int) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Mean and std ``(D,)`` float32 (and the count) from :func:`checkpoint_moments`' sums."""
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return mean.astype(np.float32), std.astype(np.float32), count
