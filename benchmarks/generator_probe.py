@@ -4,7 +4,7 @@ Trains one generator with ``MetaTrainer`` exactly as the train stage does (same 
 either a collected dataset (``run_uri``) or ``--collect N`` training tasks collected in-process
 with the collect stage's batched inner loop (no Ray needed: this is how GPU machines without Ray
 run it). Prints one JSON line: training tasks/s, a learning curve (``--eval-every`` seconds: query
-MSE of one DDIM jump per segment end on the test tasks) and the final query MSE (mean, median, 95% CI half-width) on
+metric (MSE or accuracy) of one DDIM jump per segment end on the test tasks) and the final metric (mean, median, 95% CI half-width) on
 ``--tasks`` unseen test tasks for three samplers: the DDPM chain (``ddpm``), one DDIM jump per
 segment end (``ddim1``) and the DDPM chain with 8 candidates kept by support loss (``ddpm_n8``).
 
@@ -24,9 +24,9 @@ import torch
 
 from ltdi_ray.config import load_config
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, support_of
+from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, make_normalizer, support_of
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
-from ltdi_ray.models import WeightNormalizer
+from ltdi_ray.pipelines.backbone import ensure_backbone
 from ltdi_ray.tasks import make_family
 from ltdi_ray.storage.artifact import checkpoint_moments, stats_from_moments
 from ltdi_ray.trajectories import initial_theta
@@ -71,30 +71,30 @@ def main() -> None:
         p.error("give either run_uri or --collect N")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = load_config(([f"storage.uri={args.run_uri}"] if args.run_uri else []) + list(args.overrides))
+    cfg = ensure_backbone(load_config(([f"storage.uri={args.run_uri}"] if args.run_uri else []) + list(args.overrides)))
     torch.manual_seed(cfg.train.seed)  # the generator's initial weights, as in the train stage
     tic = time.time()
     rows, stats, spec, steps = dataset_rows(cfg) if args.run_uri else collected_rows(cfg, args.collect, args.device)
     collect_s = time.time() - tic
     diffusion, family = build_diffusion(cfg), make_family(cfg.task)
-    norm = WeightNormalizer(torch.from_numpy(stats["mean"]), torch.from_numpy(stats["std"])).to(device)
+    norm = make_normalizer(cfg, stats["mean"], stats["std"]).to(device)
     targets = torch.from_numpy(rows["checkpoints"][:, diffusion.checkpoint_indices(steps)]).to(device)
     store = TaskStore(norm.normalize(targets), family.to_torch(rows["pool_x"]).to(device),
                       family.targets_to_torch(rows["pool_y"]).to(device),
-                      torch.from_numpy(rows["support_idx"].astype(np.int64)).to(device))
+                      torch.from_numpy(rows["support_idx"].astype(np.int64)).to(device), classes=family.pool_classes)
     facts = DataFacts(spec.dim, steps)
     model = build_model(cfg, family, facts).to(device)
     trainer = MetaTrainer(model, diffusion, store, cfg.train, total_steps=args.steps or None)
     gen = WeightGenerator(cfg, spec, facts, model, norm, initial_theta(family, cfg.trajectory.init_seed)).to(device)
     test = family.sample_many("test", range(args.tasks), cfg.collect.seed)
-    sx, sy = support_of(test, family, device)
+    sx, sy = support_of(test, family, device, raw=True)
 
     def score(**kw):
         model.eval()
-        mse = gen.query_metric(gen.generate_batch(sx, sy, seed=0, **kw), test)
+        metric = gen.query_metric(gen.generate_batch(sx, sy, seed=0, **kw), test)  # MSE or accuracy
         model.train()
-        ci95 = 1.96 * float(mse.std()) / len(mse) ** 0.5
-        return [round(float(mse.mean()), 4), round(float(mse.median()), 4), round(ci95, 4)]
+        ci95 = 1.96 * float(metric.std()) / len(metric) ** 0.5
+        return [round(float(metric.mean()), 4), round(float(metric.median()), 4), round(ci95, 4)]
 
     curve, step, train_s, next_eval = [], 0, 0.0, args.eval_every
     while (step < args.steps) if args.steps else (train_s < args.seconds):

@@ -16,13 +16,14 @@ from ltdi_ray.errors import LtdiError
 
 
 def _stages() -> Dict[str, Callable]:
+    from ltdi_ray.pipelines.backbone import run_backbone
     from ltdi_ray.pipelines.collect import run_collect
     from ltdi_ray.pipelines.evaluate import run_evaluate
     from ltdi_ray.pipelines.pipeline import run_pipeline
     from ltdi_ray.pipelines.train import run_train
     from ltdi_ray.pipelines.tune import run_tune
 
-    return {"collect": run_collect, "train": run_train, "evaluate": run_evaluate, "pipeline": run_pipeline,
+    return {"backbone": run_backbone, "collect": run_collect, "train": run_train, "evaluate": run_evaluate, "pipeline": run_pipeline,
             "tune": run_tune}
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ltdi_ray.config import load_config
-from ltdi_ray.errors import DataError
+from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family, task_seed
 from ltdi_ray.tasks.omniglot_io import load_characters
@@ -109,19 +109,29 @@ def test_head_mode_generates_only_the_classifier_on_a_fixed_backbone(omniglot_ro
     from ltdi_ray.nets import ConvNet, ParamSpec
     from ltdi_ray.trajectories import initial_theta
 
-    fam = _omniglot(omniglot_root, "task.generate=head", "task.channels=8")
-    a, b = fam.build_net(), fam.build_net()
+    fam = _omniglot(omniglot_root, "task.generate=head", "task.channels=8", "task.backbone=random")
+    a = fam.build_net()
     assert ParamSpec.from_module(a).names == ("head.weight", "head.bias") and ParamSpec.from_module(a).dim == 8 * 5 + 5
-    x = fam.to_torch(fam.sample("train", 0)["pool_x"])
-    assert torch.equal(a.backbone.features(x), b.backbone.features(x))  # one frozen extractor for all tasks
+    pool = fam.sample("train", 0)["pool_x"]
+    feats = fam.to_torch(pool)  # the inner loop sees backbone features, computed once per episode
+    assert feats.shape == (len(pool), 8)
+    again = _omniglot(omniglot_root, "task.generate=head", "task.channels=8", "task.backbone=random")
+    assert torch.equal(feats, again.to_torch(pool))  # one seeded extractor, whatever the caller's seed
     assert not torch.equal(initial_theta(fam, 0), initial_theta(fam, 1))
+    images = fam.decode(pool).unsqueeze(1)
+    assert torch.allclose(fam.deployable(a)(images), a(feats), atol=1e-6)  # the users' module takes images
+    assert fam.build_net(ways=12).head.out_features == 12  # heads exist for any N
     trained = ConvNet(5, channels=8)
     save_file(trained.state_dict(), str(tmp_path / "backbone.safetensors"))
     loaded = _omniglot(omniglot_root, "task.generate=head", "task.channels=8",
-                       f"task.backbone={tmp_path / 'backbone.safetensors'}").build_net()
-    assert torch.equal(loaded.backbone.features(x), trained.features(x))
+                       f"task.backbone={tmp_path / 'backbone.safetensors'}")
+    assert torch.allclose(loaded.to_torch(pool), trained.features(images), atol=1e-6)
     with pytest.raises(DataError, match="do not fit the conv net"):
         _omniglot(omniglot_root, "task.generate=head", "task.channels=16",
                   f"task.backbone={tmp_path / 'backbone.safetensors'}").build_net()
     with pytest.raises(DataError, match="not found"):
         _omniglot(omniglot_root, "task.generate=head", f"task.backbone={tmp_path / 'nope.safetensors'}").build_net()
+    with pytest.raises(ConfigError, match="task.generate=head needs task.backbone"):
+        _omniglot(omniglot_root, "task.generate=head").build_net()
+    with pytest.raises(DataError, match="makes 5-way networks"):
+        _omniglot(omniglot_root, "task.channels=8").build_net(ways=7)

@@ -15,7 +15,8 @@ from ltdi_ray.config.checks import check
 VARIANTS = ("local_consistency", "bridge")
 SCHEDULES = ("linear", "cosine", "sigmoid")
 PRESETS = ("tiny", "small", "base")
-METHODS = ("init", "finetune", "maml", "fomaml", "reptile", "single_level", "vanilla", "ltdi", "ltdi_finetune")
+METHODS = ("init", "finetune", "maml", "fomaml", "reptile", "protonet", "single_level", "vanilla", "ltdi",
+           "ltdi_finetune")  # protonet: head-mode classification only
 
 
 @dataclass
@@ -141,6 +142,7 @@ class EvaluateConfig:
     adapt_lr: float = 0.01  # maml / fomaml / reptile (the step size MAML meta-trains for)
     ltdi_adapt_lr: float = 0.001  # ltdi_finetune: trajectory end points are sharp; 0.01 diverged on some tasks
     num_samples: int = 1  # generated candidates per task; the lowest support loss is kept
+    ways: Optional[int] = None  # classification: N of the test episodes (heads generalise to N other than trained)
     ablation_epochs: Optional[int] = None  # single_level / vanilla runs: train.epochs by default
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
@@ -154,5 +156,6 @@ class EvaluateConfig:
         check(self.adapt_lr > 0, "evaluate.adapt_lr", f"must be > 0, got {self.adapt_lr}")
         check(self.ltdi_adapt_lr > 0, "evaluate.ltdi_adapt_lr", f"must be > 0, got {self.ltdi_adapt_lr}")
         check(self.num_samples >= 1, "evaluate.num_samples", f"must be >= 1, got {self.num_samples}")
+        check(self.ways is None or self.ways >= 2, "evaluate.ways", f"must be >= 2 or null, got {self.ways}")
         check(self.ablation_epochs is None or self.ablation_epochs >= 1, "evaluate.ablation_epochs",
               f"must be >= 1 or null, got {self.ablation_epochs}")

@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch.func import functional_call
@@ -16,11 +17,24 @@ from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model
 from ltdi_ray.generator.checkpoint import MODEL, STATS, read_meta, read_tensors
-from ltdi_ray.models import WeightNormalizer
+from ltdi_ray.models import WeightNormalizer, head_flat, head_rows
+from ltdi_ray.models.heads import tie_rows
 from ltdi_ray.nets.paramspec import ParamSpec
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
 from ltdi_ray.trajectories import evaluate, make_loss, make_metric
+
+
+@dataclass
+class WaysView:
+    """What generating and scoring N-way heads needs; N other than the trained one for ``head`` mode."""
+
+    ways: Optional[int]  # None for regression
+    spec: ParamSpec
+    norm: WeightNormalizer
+    theta0: torch.Tensor  # (D,)
+    loss: Callable
+    metric: Callable
 
 
 class WeightGenerator:
@@ -35,7 +49,9 @@ class WeightGenerator:
         self.net = self.family.build_net()
         self.loss = make_loss(self.net, spec, self.family.loss)
         self.metric = make_metric(self.net, spec, self.family.loss)
+        self.ways = getattr(cfg.task, "ways", None)
         self.device = torch.device("cpu")
+        self._views: Dict[Optional[int], WaysView] = {}
 
     def to(self, device) -> "WeightGenerator":
         self.device = torch.device(device)
@@ -43,7 +59,42 @@ class WeightGenerator:
         self.norm.to(self.device)
         self.theta0 = self.theta0.to(self.device)
         self.net.to(self.device)
+        self._views.clear()
         return self
+
+    def view(self, ways: Optional[int] = None) -> WaysView:
+        """Spec, normaliser, theta_0 and losses for ``ways``-way heads (the trained setting by default).
+
+        Head rows are exchangeable (labels come in random order) and share their statistics, so
+        another N repeats them, and theta_0's rows (equal: the head starts at zero).
+        """
+        ways = ways or self.ways
+        if ways not in self._views:
+            if ways == self.ways:
+                view = WaysView(ways, self.spec, self.norm, self.theta0, self.loss, self.metric)
+            else:
+                net = self.family.build_net(ways).to(self.device)  # full mode refuses another N here
+                spec = ParamSpec.from_module(net)
+                norm = WeightNormalizer(*tie_rows(self.norm.mean, self.norm.std, self.ways, ways), self.norm.floor)
+                rows = head_rows(self.theta0.unsqueeze(0), self.ways)[:, torch.arange(ways) % self.ways]
+                view = WaysView(ways, spec, norm, head_flat(rows)[0], make_loss(net, spec, self.family.loss),
+                                make_metric(net, spec, self.family.loss))
+            self._views[ways] = view
+        return self._views[ways]
+
+    def _support_ways(self, sy: torch.Tensor) -> Optional[int]:
+        """N of classification supports (labels 0..N-1, every class in every task); None for regression."""
+        if self.family.loss == "mse":
+            return None
+        ways = int(sy.max()) + 1
+        if int(sy.min()) < 0 or ways < 2:
+            raise DataError(f"support_y must hold class labels 0..N-1 with N >= 2, got values in "
+                            f"[{int(sy.min())}, {ways - 1}]")
+        present = torch.nn.functional.one_hot(sy, ways).sum(1) > 0  # (B, N)
+        if not present.all():
+            task, label = (~present).nonzero()[0].tolist()
+            raise DataError(f"support_y of task {task} has no example of class {label} (labels must be 0..N-1)")
+        return ways
 
     def check_support(self, support_x, support_y) -> Tuple[torch.Tensor, torch.Tensor]:
         """Validate a batched support set against the family's episode shapes."""
@@ -76,11 +127,13 @@ class WeightGenerator:
         if num_samples < 1:
             raise DataError(f"num_samples must be >= 1, got {num_samples}")
         sx, sy = self.check_support(support_x, support_y)
-        bsz = sx.shape[0]
+        view = self.view(self._support_ways(sy))
+        sx, bsz = self.family.net_input(sx), sx.shape[0]
         rng = torch.Generator(device=self.device)
         rng.manual_seed(int(torch.seed() if seed is None else seed))
-        cond = self.model.cond(sx, sy).repeat_interleave(num_samples, dim=0)
-        start = self.norm.normalize(self.theta0).expand(bsz * num_samples, -1)
+        other_ways = view.ways if view.ways != self.ways else None
+        cond = self.model.cond(sx, sy, other_ways).repeat_interleave(num_samples, dim=0)
+        start = view.norm.normalize(view.theta0).expand(bsz * num_samples, -1)
         spread = self.cfg.diffusion.sample_start_noise
         if num_samples > 1 and spread > 0 and self.diffusion.starts_from_theta0:
             # candidate 0 of every task starts at theta_0, the others around it (the bridge's chain
@@ -88,13 +141,13 @@ class WeightGenerator:
             extra = spread * torch.randn(start.shape, generator=rng, device=self.device)
             extra[::num_samples] = 0
             start = start + extra
-        z = self.diffusion.sample(self.model.denoiser, cond, self.spec.dim, start=start,
+        z = self.diffusion.sample(self.model.denoiser, cond, view.spec.dim, start=start,
                                   sampler=sampler or self.cfg.diffusion.sampler,
                                   sample_steps=sample_steps or self.cfg.diffusion.sample_steps, generator=rng)
-        thetas = self.norm.denormalize(z).view(bsz, num_samples, -1)
+        thetas = view.norm.denormalize(z).view(bsz, num_samples, -1)
         if num_samples == 1:
             return thetas[:, 0]
-        support_loss = evaluate(self.loss, thetas, sx, sy)  # (B, n)
+        support_loss = evaluate(view.loss, thetas, sx, sy)  # (B, n)
         best = support_loss.nan_to_num(float("inf")).argmin(dim=1)
         return thetas[torch.arange(bsz, device=self.device), best]
 
@@ -104,19 +157,26 @@ class WeightGenerator:
         theta = self.generate_batch(sx.unsqueeze(0), sy.unsqueeze(0), num_samples, seed)[0]
         return self.to_module(theta)
 
+    def _view_of(self, dim: int) -> WaysView:
+        """The view whose weights have length ``dim`` (heads: D = N * (F + 1))."""
+        return self.view(None if self.ways is None else dim * self.ways // self.spec.dim)
+
     def to_module(self, theta: torch.Tensor) -> torch.nn.Module:
-        """A fresh base network holding the flat weights ``theta (D,)``."""
-        net = self.family.build_net().to(self.device)
+        """A fresh base network holding the flat weights ``theta (D,)``, taking the users' inputs
+        (Omniglot: images ``(N, 1, S, S)`` in [0, 1])."""
+        view = self._view_of(theta.shape[-1])
+        net = self.family.build_net(view.ways) if view.ways is not None else self.family.build_net()
+        net = net.to(self.device)
         with torch.no_grad():
-            for name, value in self.spec.unflatten(theta.to(self.device)).items():
+            for name, value in view.spec.unflatten(theta.to(self.device)).items():
                 net.get_parameter(name).copy_(value)
-        return net.eval()
+        return self.family.deployable(net).eval()
 
     def query_metric(self, thetas: torch.Tensor, episodes: dict) -> torch.Tensor:
         """Query MSE (regression) or accuracy of weights ``(B, D)`` on episodes ``(B, ...)`` -> ``(B,)``."""
         qx = self.family.to_torch(episodes["query_x"]).to(self.device)
         qy = self.family.targets_to_torch(episodes["query_y"]).to(self.device)
-        return evaluate(self.metric, thetas.unsqueeze(1), qx, qy)[:, 0]
+        return evaluate(self._view_of(thetas.shape[-1]).metric, thetas.unsqueeze(1), qx, qy)[:, 0]
 
     def predict(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The base network at flat weights ``theta (D,)`` on inputs ``x (N, ...)``."""

@@ -12,9 +12,10 @@ import torch
 
 from ltdi_ray.config.schema import Config
 from ltdi_ray.diffusion import Diffusion, make_diffusion
-from ltdi_ray.errors import ConfigError
 from ltdi_ray.meta import Generator
-from ltdi_ray.models import PRESETS, ResMLPDenoiser, SetEncoder
+from ltdi_ray.models import (PRESETS, ClassTokenDenoiser, ImagePrototypeEncoder, PrototypeEncoder, ResMLPDenoiser,
+                             SetEncoder, WeightNormalizer)
+from ltdi_ray.models.heads import tie_rows
 from ltdi_ray.tasks import TaskFamily
 
 
@@ -34,21 +35,35 @@ def build_diffusion(cfg: Config) -> Diffusion:
 
 def build_model(cfg: Config, family: TaskFamily, facts: DataFacts) -> Generator:
     """Task encoder + denoiser for ``family`` over D-dim weights."""
-    preset = PRESETS[cfg.model.preset]
-    if family.loss != "mse":
-        raise ConfigError(f"task.family={family.name}: generators for classification heads are not built yet "
-                          "(issue 6); sinusoid is supported")
-    fields = family.fields()
-    x_dim, y_dim = fields["pool_x"][0][-1], fields["pool_y"][0][-1]
-    encoder = SetEncoder(x_dim, y_dim, preset.cond_dim, cfg.model.encoder_width)
-    return Generator(encoder, ResMLPDenoiser(facts.dim, cfg.diffusion.steps, preset))
+    preset, width = PRESETS[cfg.model.preset], cfg.model.encoder_width
+    if family.loss == "mse":
+        fields = family.fields()
+        x_dim, y_dim = fields["pool_x"][0][-1], fields["pool_y"][0][-1]
+        return Generator(SetEncoder(x_dim, y_dim, preset.cond_dim, width),
+                         ResMLPDenoiser(facts.dim, cfg.diffusion.steps, preset))
+    ways = cfg.task.ways
+    if cfg.task.generate == "head":  # one token per class row (F weights + bias); F from the data
+        row = facts.dim // ways
+        return Generator(PrototypeEncoder(row - 1, preset.cond_dim, width, ways),
+                         ClassTokenDenoiser(row, cfg.diffusion.steps, preset))
+    return Generator(ImagePrototypeEncoder(ways, preset.cond_dim, width),
+                     ResMLPDenoiser(facts.dim, cfg.diffusion.steps, preset))
 
 
-def support_of(episodes: dict, family: TaskFamily, device: torch.device = torch.device("cpu")):
-    """The stored K-shot support of episodes ``(B, ...)`` as network-ready ``(sx, sy)``."""
+def support_of(episodes: dict, family: TaskFamily, device: torch.device = torch.device("cpu"), raw: bool = False):
+    """The stored K-shot support of episodes ``(B, ...)`` as network-ready ``(sx, sy)`` (``raw``: ``sx`` as
+    users pass it to ``generate_batch``)."""
     import numpy as np
 
     idx = episodes["support_idx"].astype(np.int64)
     take = lambda a: np.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), 1)  # noqa: E731
-    return (family.to_torch(take(episodes["pool_x"])).to(device),
-            family.targets_to_torch(take(episodes["pool_y"])).to(device))
+    sx = family.decode(take(episodes["pool_x"]))
+    return (sx if raw else family.net_input(sx)).to(device), family.targets_to_torch(take(episodes["pool_y"])).to(device)
+
+
+def make_normalizer(cfg: Config, mean, std) -> WeightNormalizer:
+    """The weight normaliser from a dataset's statistics ``(D,)``; class rows of heads share theirs."""
+    mean, std = torch.as_tensor(mean).float(), torch.as_tensor(std).float()
+    if getattr(cfg.task, "generate", None) == "head":
+        mean, std = tie_rows(mean, std, cfg.task.ways)
+    return WeightNormalizer(mean, std)

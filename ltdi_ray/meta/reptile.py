@@ -24,8 +24,9 @@ class Generator(nn.Module):
         super().__init__()
         self.encoder, self.denoiser = encoder, denoiser
 
-    def cond(self, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
-        return self.encoder(support_x, support_y)
+    def cond(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: Optional[int] = None) -> torch.Tensor:
+        """``(B, cond_dim)``, or ``(B, N, cond_dim)`` per-class tokens for heads (``ways``: N other than trained)."""
+        return self.encoder(support_x, support_y) if ways is None else self.encoder(support_x, support_y, ways)
 
 
 def task_loss(gen: Generator, diffusion: Diffusion, targets: torch.Tensor, support_x: torch.Tensor,
@@ -76,7 +77,7 @@ def reptile_meta_gradient(gen: Generator, diffusion: Diffusion, targets, support
     def loss_one(params, tgt, sx, sy, draw):
         c = functional_call(gen.encoder, _sub(params, "encoder."), (sx.unsqueeze(0), sy.unsqueeze(0)))
         denoiser = lambda x, t, cc: functional_call(gen.denoiser, _sub(params, "denoiser."), (x, t, cc))  # noqa: E731
-        return diffusion.training_loss(denoiser, tgt.unsqueeze(0).expand(draws, -1, -1), c.expand(draws, -1),
+        return diffusion.training_loss(denoiser, tgt.unsqueeze(0).expand(draws, -1, -1), c.expand(draws, *c.shape[1:]),
                                        draw=draw)
 
     step = vmap(grad_and_value(loss_one))

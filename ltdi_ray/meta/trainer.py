@@ -30,6 +30,14 @@ def pick_points(data: torch.Tensor, tasks: torch.Tensor, picks: torch.Tensor) ->
     return torch.gather(data[tasks], 1, index)
 
 
+def draw_picks(rng: np.random.Generator, tasks: int, pool: int, count: int, classes: int = 1) -> np.ndarray:
+    """Distinct random pool positions ``(tasks, classes, count)``: ``count`` from each of ``classes``
+    equal class-major blocks of a pool of ``pool`` points (``classes = 1``: from anywhere)."""
+    block = pool // classes
+    order = np.argsort(rng.random((tasks, classes, block)), axis=2)[:, :, :count]
+    return order + (np.arange(classes) * block)[None, :, None]
+
+
 def shard_range(total: int, rank: int, world: int) -> Tuple[int, int]:
     """Worker ``rank``'s contiguous task range ``[lo, hi)`` of ``total`` tasks."""
     return total * rank // world, total * (rank + 1) // world
@@ -42,7 +50,8 @@ def _seed(*key: int) -> int:
 @dataclass
 class TaskStore:
     """One shard of the training tasks: normalised targets ``(n, k + 1, D)``, pools ``(n, P, ...)``,
-    stored supports ``(n, K)``; row i is task ``first + i`` of ``total`` (default: all of them)."""
+    stored supports ``(n, K)``; row i is task ``first + i`` of ``total`` (default: all of them).
+    Classification pools are ``classes`` class-major blocks, and supports take K / classes from each."""
 
     targets: torch.Tensor
     pool_x: torch.Tensor
@@ -50,6 +59,7 @@ class TaskStore:
     support_idx: torch.Tensor
     first: int = 0
     total: Optional[int] = None
+    classes: int = 1
 
     def __post_init__(self) -> None:
         self.total = len(self) if self.total is None else self.total
@@ -93,7 +103,7 @@ class MetaTrainer:
         b, store = self.cfg.meta_batch, self.store
         idx = rng.integers(0, store.total, size=b)
         pool, shots = store.pool_x.shape[1], store.support_idx.shape[1]
-        picks = np.argsort(rng.random((b, pool)), axis=1)[:, :shots]
+        picks = draw_picks(rng, b, pool, shots // store.classes, store.classes).reshape(b, shots)
         if not self.cfg.resample_support:  # the stored supports of this worker's tasks
             mine = store.holds(idx)
             picks[mine] = store.support_idx[torch.as_tensor(idx[mine] - store.first)].cpu().numpy()

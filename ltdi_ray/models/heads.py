@@ -8,6 +8,8 @@ equivariant to the label order and lets it run for any number of classes N.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -31,17 +33,17 @@ class PrototypeEncoder(nn.Module):
     """Support features ``(B, S, F)`` with labels ``(B, S)`` in [0, N) -> per-class conditions ``(B, N, cond_dim)``.
 
     Class i's condition comes from the mean feature of its support examples (its prototype), in
-    label order. Features come from the caller's frozen extractor.
+    label order. Features come from the caller's frozen extractor. N is ``ways`` (the trained
+    N unless the caller names another).
     """
 
-    def __init__(self, feat_dim: int, cond_dim: int, width: int = 128):
+    def __init__(self, feat_dim: int, cond_dim: int, width: int = 128, ways: int = 5):
         super().__init__()
+        self.ways = ways
         self.proj = nn.Sequential(nn.Linear(feat_dim, width), nn.SiLU(), nn.Linear(width, cond_dim))
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-        onehot = torch.nn.functional.one_hot(labels.long(), ways).to(feats.dtype)  # (B, S, N)
-        protos = onehot.transpose(1, 2) @ feats / onehot.sum(1).clamp_min(1).unsqueeze(-1)
-        return self.proj(protos)
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor, ways: Optional[int] = None) -> torch.Tensor:
+        return self.proj(prototypes(feats, labels, ways or self.ways))
 
 
 class ClassTokenDenoiser(nn.Module):
@@ -62,3 +64,27 @@ class ClassTokenDenoiser(nn.Module):
         temb = timestep_embedding(t, self.steps, self.t_dim).unsqueeze(1).expand(-1, ways, -1)
         h = self.inp(head_rows(x, ways)) + self.cond(torch.cat([temb, c], dim=-1))
         return head_flat(self.out(self.blocks(h)))
+
+
+def prototypes(feats: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Per-class mean features ``(B, N, F)`` of support features ``(B, S, F)`` with labels ``(B, S)``."""
+    onehot = torch.nn.functional.one_hot(labels.long(), ways).to(feats.dtype)  # (B, S, N)
+    return onehot.transpose(1, 2) @ feats / onehot.sum(1).clamp_min(1).unsqueeze(-1)
+
+
+def prototype_head(feats: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """The nearest-class-mean classifier as linear head weights ``(B, N * (F + 1))``.
+
+    Support features ``(B, S, F)``, labels ``(B, S)``: with prototypes p_i, the logits
+    ``2 p_i . x - |p_i|^2`` rank classes exactly as ``-|x - p_i|^2`` does (ProtoNet's rule).
+    """
+    protos = prototypes(feats, labels, ways)
+    return head_flat(torch.cat([2 * protos, -protos.square().sum(-1, keepdim=True)], dim=-1))
+
+
+def tie_rows(mean: torch.Tensor, std: torch.Tensor, ways: int, to_ways: int = 0):
+    """Per-coordinate statistics ``(N * (F + 1),)`` of exchangeable class rows -> the same statistics for
+    every row (the rows' mean, and the root mean variance), for ``to_ways`` rows (default N)."""
+    tile = lambda rows: head_flat(rows.expand(-1, to_ways or ways, -1))[0]  # noqa: E731
+    return (tile(head_rows(mean.unsqueeze(0), ways).mean(1, keepdim=True)),
+            tile(head_rows(std.unsqueeze(0), ways).square().mean(1, keepdim=True).sqrt()))

@@ -18,7 +18,8 @@ class ConvNet(nn.Module):
             blocks.append(nn.Conv2d(in_ch, channels, 3, padding=1))
             in_ch, size = channels, size // 2
         self.convs = nn.ModuleList(blocks)
-        self.head = nn.Linear(channels * max(size, 1) ** 2, ways)
+        self.feature_dim = channels * max(size, 1) ** 2  # F
+        self.head = nn.Linear(self.feature_dim, ways)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 1, S, S)`` -> ``(N, F)`` embeddings (the input of the head)."""
@@ -30,19 +31,35 @@ class ConvNet(nn.Module):
         return self.head(self.features(x))
 
 
-class HeadNet(nn.Module):
-    """``head`` mode: a frozen ConvNet feature extractor plus the linear classifier that is generated.
+class LinearHead(nn.Module):
+    """``head`` mode's base network as the inner loop sees it: features ``(N, F)`` -> logits ``(N, ways)``.
 
-    Only the head's parameters are trainable, so they alone make up the ParamSpec and theta;
-    the backbone's weights are fixed (``requires_grad=False``) and shared by every task.
+    Its parameters (``head.weight (ways, F)``, ``head.bias (ways,)``) are theta; the frozen
+    backbone's features are computed once per episode, not at every inner step. It starts at
+    zero: every class row starts equal, so nothing but the support ties a row to its label and
+    generation is equivariant to the label order.
     """
 
-    def __init__(self, backbone: ConvNet, ways: int):
+    def __init__(self, features: int, ways: int):
         super().__init__()
-        features = backbone.head.in_features
-        backbone.head = nn.Identity()
-        self.backbone = backbone.requires_grad_(False)
         self.head = nn.Linear(features, ways)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats)
+
+
+class HeadNet(nn.Module):
+    """``head`` mode's deployable network: the frozen backbone plus a generated head, on images ``(N, 1, S, S)``.
+
+    Only ``head.*`` is trainable (``requires_grad``), so the ParamSpec equals :class:`LinearHead`'s.
+    """
+
+    def __init__(self, backbone: ConvNet, head: nn.Linear):
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False)
+        self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.features(x))

@@ -27,6 +27,7 @@ from ltdi_ray.storage.artifact import (
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
 from ltdi_ray.trajectories import InnerOptimizer, TrajectoryBatcher
+from ltdi_ray.pipelines.backbone import ensure_backbone
 
 log = logging.getLogger("ltdi_ray")
 
@@ -187,6 +188,7 @@ def run_collect(cfg: Config) -> dict:
     start = time.time()
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     root.check_reachable()
+    cfg = ensure_backbone(cfg)
     loc = root.child("trajectories")
     family = make_family(cfg.task, cfg.storage.endpoint_url)  # bad data roots fail here, before Ray starts
     spec = ParamSpec.from_module(family.build_net())

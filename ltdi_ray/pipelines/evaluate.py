@@ -26,12 +26,15 @@ from ltdi_ray.config.schema import Config
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.api import WeightGenerator, load_generator
 from ltdi_ray.generator.build import support_of
+from ltdi_ray.models.heads import prototype_head
 from ltdi_ray.generator.checkpoint import read_meta
 from ltdi_ray.meta.baselines import MetaInitConfig, adapt, train_meta_init
-from ltdi_ray.meta.trainer import pick_points
+from ltdi_ray.meta.trainer import draw_picks, pick_points
 from ltdi_ray.pipelines.collect import inner_optimizer
 from ltdi_ray.storage.fs import Location
+from ltdi_ray.tasks import make_family
 from ltdi_ray.trajectories import run_batched
+from ltdi_ray.pipelines.backbone import ensure_backbone
 
 log = logging.getLogger("ltdi_ray")
 # vanilla diffusion: x0 prediction (the stable one) and the full stochastic DDPM chain, the sampler that
@@ -98,21 +101,35 @@ def _meta_init(cfg: Config, gen: WeightGenerator, method: str, pools) -> Tuple[t
     inner = b.reptile_inner_steps if method == "reptile" else b.inner_steps
     mcfg = MetaInitConfig(method=method, meta_steps=b.meta_steps, meta_batch=b.meta_batch, inner_steps=inner,
                           inner_lr=b.inner_lr, outer_lr=b.outer_lr, seed=cfg.train.seed)
-    shots, queries = gen.family.fields()["support_idx"][0][0], 10
+    classes = gen.family.pool_classes
+    shots = gen.family.fields()["support_idx"][0][0] // classes  # per class
+    queries = 10 if classes == 1 else min(5, px.shape[1] // classes - shots)  # per class
 
     def sample_batch(step: int):
         rng = np.random.default_rng([mcfg.seed, step, 7])
         idx = torch.as_tensor(rng.integers(0, len(px), size=mcfg.meta_batch))
-        pick = torch.as_tensor(np.argsort(rng.random((mcfg.meta_batch, px.shape[1])), axis=1)[:, :shots + queries])
-        s, q = pick[:, :shots], pick[:, shots:]
+        pick = torch.as_tensor(draw_picks(rng, mcfg.meta_batch, px.shape[1], shots + queries, classes))
+        s, q = pick[:, :, :shots].flatten(1), pick[:, :, shots:].flatten(1)
         return pick_points(px, idx, s), pick_points(py, idx, s), pick_points(px, idx, q), pick_points(py, idx, q)
 
     tic = time.perf_counter()
     theta, history = train_meta_init(gen.loss, gen.theta0, sample_batch, mcfg)
-    settings = {**mcfg.describe(), "train_tasks": len(px), "support": shots, "outer_query": queries,
+    settings = {**mcfg.describe(), "train_tasks": len(px), "support": shots * classes, "outer_query": queries * classes,
                 "meta_train_s": round(time.perf_counter() - tic, 1),
                 "outer_loss_first_last": [round(history[0], 4), round(float(np.mean(history[-50:])), 4)]}
     return theta, settings
+
+
+def _applies(method: str, gen: WeightGenerator, view) -> bool:
+    """Whether ``method`` is defined for this generator and N (logged when skipped)."""
+    why = None
+    if method == "protonet" and getattr(gen.cfg.task, "generate", None) != "head":
+        why = "needs a fixed feature extractor (task.generate=head)"
+    elif view.ways != gen.ways and method in ("maml", "fomaml", "reptile", *ABLATIONS):
+        why = f"trained for {gen.ways}-way episodes"
+    if why:
+        log.info("evaluate: skipping %s: %s", method, why)
+    return why is None
 
 
 def run_evaluate(cfg: Config) -> dict:
@@ -122,12 +139,17 @@ def run_evaluate(cfg: Config) -> dict:
     {"mean", "ci95", "ms_per_task"}}}``.
     """
     torch.manual_seed(cfg.train.seed)
+    cfg = ensure_backbone(cfg)
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     gen_loc = root.child("generator")
     gen = load_generator(str(gen_loc), cfg.storage.endpoint_url)
-    e, fam = cfg.evaluate, gen.family
+    e = cfg.evaluate
+    view = gen.view(e.ways)
+    fam = gen.family if view.ways == gen.ways else make_family(replace(gen.cfg.task, ways=view.ways),
+                                                               cfg.storage.endpoint_url)
     episodes = fam.sample_many(e.split, range(e.num_tasks), cfg.collect.seed)
     sx, sy = support_of(episodes, fam)
+    raw_sx = support_of(episodes, fam, raw=True)[0]
     n = e.num_tasks
     results: Dict[str, dict] = {}
     settings: Dict[str, dict] = {}
@@ -138,32 +160,39 @@ def run_evaluate(cfg: Config) -> dict:
         log.info("evaluate: %-14s %.4f +- %.4f (%.2f ms/task)", name, results[name]["mean"], results[name]["ci95"],
                  results[name]["ms_per_task"])
 
-    sgd = lambda theta, lr: adapt(gen.loss, theta, sx, sy, e.adapt_steps, lr)  # noqa: E731
+    sgd = lambda theta, lr: adapt(view.loss, theta, sx, sy, e.adapt_steps, lr)  # noqa: E731
+    generate = lambda g: g.generate_batch(raw_sx, sy, e.num_samples, seed=cfg.train.seed)  # noqa: E731
     pools = None
     for method in e.methods:
+        if not _applies(method, gen, view):
+            continue
         if method == "init":
-            score(method, lambda: gen.theta0.expand(n, -1))
+            score(method, lambda: view.theta0.expand(n, -1))
         elif method == "finetune":
             opt = inner_optimizer(gen.cfg)
             settings[method] = {"optimizer": opt.optimizer, "lr": opt.lr, "steps": opt.steps, "data": "support"}
-            score(method, lambda: run_batched(gen.loss, gen.theta0.expand(n, -1), sx, sy,
+            score(method, lambda: run_batched(view.loss, view.theta0.expand(n, -1), sx, sy,
                                               replace(opt, save_every=opt.steps))[:, -1])
         elif method in ("maml", "fomaml", "reptile"):
             pools = pools or _training_pools(cfg, gen)
             theta, settings[method] = _meta_init(cfg, gen, method, pools)
             settings[method]["adapt"] = {"optimizer": "sgd", "lr": e.adapt_lr, "steps": e.adapt_steps}
             score(method, lambda: sgd(theta, e.adapt_lr))
+        elif method == "protonet":
+            settings[method] = {"features": gen.cfg.task.backbone, "rule": "nearest class mean, squared euclidean"}
+            score(method, lambda: prototype_head(sx, sy, view.ways))
         elif method in ABLATIONS:
             abl = _ablation(cfg, gen, method)
             settings[method] = {k: to_plain(abl.cfg)[k] for k in ("diffusion", "train")}
-            score(method, lambda: abl.generate_batch(sx, sy, e.num_samples, seed=cfg.train.seed))
+            score(method, lambda: generate(abl))
         elif method == "ltdi":
-            score(method, lambda: gen.generate_batch(sx, sy, e.num_samples, seed=cfg.train.seed))
+            score(method, lambda: generate(gen))
         elif method == "ltdi_finetune":
             settings[method] = {"optimizer": "sgd", "lr": e.ltdi_adapt_lr, "steps": e.adapt_steps}
-            score(method, lambda: sgd(gen.generate_batch(sx, sy, e.num_samples, seed=cfg.train.seed), e.ltdi_adapt_lr))
+            score(method, lambda: sgd(generate(gen), e.ltdi_adapt_lr))
     metric = "mse" if fam.loss == "mse" else "accuracy"
-    record = {"task": fam.name, "split": e.split, "tasks": n, "metric": metric, "shots": int(sx.shape[1]),
+    record = {"task": fam.name, "split": e.split, "tasks": n, "metric": metric, "shots": fam.fields()["support_idx"][0][0]
+              // fam.pool_classes, "ways": view.ways,
               "generator_uri": str(gen_loc), "generator": {k: gen.meta["config"][k] for k in ("diffusion", "train")},
               "methods": results, "settings": settings}
     out = root.child("results.json")
@@ -175,7 +204,8 @@ def run_evaluate(cfg: Config) -> dict:
 
 def format_table(record: dict) -> str:
     """The results as a fixed-width text table."""
-    head = f"{record['task']} {record['shots']}-shot, {record['tasks']} {record['split']} tasks, query {record['metric']}"
+    ways = f"{record['ways']}-way " if record.get("ways") else ""
+    head = f"{record['task']} {ways}{record['shots']}-shot, {record['tasks']} {record['split']} tasks, query {record['metric']}"
     lines = [head, f"{'method':<15}{'mean':>10}{'ci95':>10}{'ms/task':>10}"]
     for name, r in record["methods"].items():
         lines.append(f"{name:<15}{r['mean']:>10.4f}{r['ci95']:>10.4f}{r['ms_per_task']:>10.3f}")

@@ -8,6 +8,7 @@ from ltdi_ray.config.schema import Config
 from ltdi_ray.pipelines.collect import run_collect
 from ltdi_ray.pipelines.evaluate import run_evaluate
 from ltdi_ray.pipelines.train import run_train
+from ltdi_ray.pipelines.backbone import ensure_backbone
 
 
 def run_pipeline(cfg: Config) -> dict:
@@ -16,6 +17,7 @@ def run_pipeline(cfg: Config) -> dict:
     Returns ``{"stage", "uri" (results.json), "generator_uri", "collect", "train", "evaluate"}``.
     """
     start = time.time()
+    cfg = ensure_backbone(cfg)
     collected = run_collect(cfg)
     trained = run_train(cfg)
     evaluated = run_evaluate(cfg)

@@ -26,6 +26,7 @@ from ltdi_ray.pipelines.collect import config_changes, fingerprint
 from ltdi_ray.storage.artifact import read_norm_stats
 from ltdi_ray.storage.dataset import TrajectoryDataset
 from ltdi_ray.storage.fs import Location
+from ltdi_ray.pipelines.backbone import ensure_backbone
 
 log = logging.getLogger("ltdi_ray")
 COLUMNS = ["task_id", "checkpoints", "pool_x", "pool_y", "support_idx"]
@@ -152,6 +153,7 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     from ltdi_ray.pipelines.runtime import user_errors_from_ray
 
     start = time.time()
+    cfg = ensure_backbone(cfg)
     t = cfg.train
     root, loop_config, datasets = prepare_training(cfg)
     name_of_run = fresh_name(cfg, root)

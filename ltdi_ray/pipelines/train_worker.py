@@ -12,7 +12,7 @@ import torch
 from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, support_of
+from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, make_normalizer, support_of
 from ltdi_ray.generator.checkpoint import MODEL, read_tensors, read_train_state, write_checkpoint
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore, shard_range
 from ltdi_ray.models import WeightNormalizer
@@ -37,7 +37,8 @@ def _load_store(shard, family, norm: WeightNormalizer, device: torch.device, tot
     targets = norm.normalize(torch.from_numpy(rows["targets"][order]).float())
     return TaskStore(targets.to(device), family.to_torch(rows["pool_x"][order]).to(device),
                      family.targets_to_torch(rows["pool_y"][order]).to(device),
-                     torch.from_numpy(rows["support_idx"][order].astype(np.int64)).to(device), first=lo, total=total)
+                     torch.from_numpy(rows["support_idx"][order].astype(np.int64)).to(device), first=lo, total=total,
+                     classes=family.pool_classes)
 
 
 def _node_ids(world: int) -> List[str]:
@@ -85,7 +86,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     spec = ParamSpec.from_json(loop_config["param_spec"])
     facts = DataFacts(dim=spec.dim, checkpoint_steps=list(loop_config["checkpoint_steps"]))
     # copies: arrays from Ray's object store are read-only
-    norm = WeightNormalizer(torch.tensor(loop_config["mean"]), torch.tensor(loop_config["std"])).to(device)
+    norm = make_normalizer(cfg, loop_config["mean"], loop_config["std"]).to(device)
     theta0 = initial_theta(family, cfg.trajectory.init_seed)
     torch.manual_seed(t.seed)  # identical initial weights on every worker
     model = build_model(cfg, family, facts).to(device)
@@ -101,7 +102,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         trainer.opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
     val = family.sample_many("val", range(t.val_tasks), cfg.collect.seed)
-    val_sx, val_sy = support_of(val, family, device)
+    val_sx, val_sy = support_of(val, family, device, raw=True)
     live = WeightGenerator(cfg, spec, facts, model, norm, theta0.to(device)).to(device)  # shares model's weights
     meta = {"config": loop_config["cfg"], "param_spec": loop_config["param_spec"],
             "checkpoint_steps": facts.checkpoint_steps, "target_indices": loop_config["indices"],

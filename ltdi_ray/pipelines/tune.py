@@ -22,6 +22,7 @@ from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.pipelines.train import make_trainer, open_dataset, prepare_training, storage_path
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
+from ltdi_ray.pipelines.backbone import ensure_backbone
 
 log = logging.getLogger("ltdi_ray")
 METRIC = "val_metric"
@@ -97,6 +98,7 @@ def run_tune(cfg: Config) -> dict:
     from ltdi_ray.pipelines.tune_report import write_report
 
     start = time.time()
+    cfg = ensure_backbone(cfg)
     params = check_space(cfg)
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     root.check_reachable()

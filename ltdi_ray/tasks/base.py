@@ -49,6 +49,7 @@ class TaskFamily(ABC):
 
     name: str
     loss: str  # "mse" (regression) or "cross_entropy" (classification)
+    pool_classes: int = 1  # classification: the pool is this many class-major blocks of equal size
 
     @abstractmethod
     def fields(self) -> FieldSpec:
@@ -64,8 +65,20 @@ class TaskFamily(ABC):
         """A fresh base network (its parameters give the ParamSpec and the theta_0 init)."""
 
     @abstractmethod
+    def decode(self, x: np.ndarray) -> torch.Tensor:
+        """Stored inputs ``(B, P, ...)`` -> float inputs as users pass them (Omniglot: images in [0, 1])."""
+
     def to_torch(self, x: np.ndarray) -> torch.Tensor:
-        """Stored inputs ``(B, P, ...)`` -> float network inputs ``(B, P, ...)``."""
+        """Stored inputs ``(B, P, ...)`` -> what :meth:`build_net`'s network takes."""
+        return self.net_input(self.decode(x))
+
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Float inputs as users pass them ``(..., *x_shape)`` -> what :meth:`build_net`'s network takes."""
+        return x
+
+    def deployable(self, net: nn.Module) -> nn.Module:
+        """A network from :meth:`build_net` as a module on the users' inputs (the network itself by default)."""
+        return net
 
     def describe(self) -> dict:
         """Facts about the family worth recording in a dataset manifest."""

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from ltdi_ray.config.schema import OmniglotTaskConfig
-from ltdi_ray.errors import DataError
-from ltdi_ray.nets.conv import ConvNet, HeadNet
+from ltdi_ray.errors import ConfigError, DataError
+from ltdi_ray.nets.conv import ConvNet, HeadNet, LinearHead
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks.base import FieldSpec, TaskFamily, task_seed
 from ltdi_ray.tasks.omniglot_io import DRAWINGS_PER_CHARACTER, load_characters, split_characters
@@ -25,10 +25,15 @@ class OmniglotFamily(TaskFamily):
 
     def __init__(self, cfg: OmniglotTaskConfig, endpoint_url: Optional[str] = None):
         self.cfg, self.endpoint_url = cfg, endpoint_url
+        self._backbone: Optional[ConvNet] = None
         self.keys, self.images = load_characters(cfg.root, cfg.image_size, endpoint_url)
         self.splits = split_characters(len(self.keys), list(cfg.split_fractions), cfg.split_seed)
         if len(self.splits["test"]) < cfg.ways or len(self.splits["val"]) < cfg.ways:
             raise DataError(f"Omniglot root {cfg.root} has too few characters for {cfg.ways}-way val/test episodes")
+
+    @property
+    def pool_classes(self) -> int:
+        return self.cfg.ways
 
     @property
     def pool_per_class(self) -> int:
@@ -70,16 +75,36 @@ class OmniglotFamily(TaskFamily):
             "query_y": np.repeat(labels, c.query_per_class),
         }
 
-    def build_net(self) -> torch.nn.Module:
-        c = self.cfg
+    def build_net(self, ways: Optional[int] = None) -> torch.nn.Module:
+        """The network the inner loop trains: the conv net (``full``) or the linear head on features (``head``),
+        for ``ways`` classes (``task.ways`` by default; only heads can have another N)."""
+        c, ways = self.cfg, ways or self.cfg.ways
         if c.generate == "full":
+            if ways != c.ways:
+                raise DataError(f"task.generate=full makes {c.ways}-way networks; got {ways}-way support labels")
             return ConvNet(c.ways, c.channels, c.depth, c.image_size)
-        with torch.random.fork_rng(devices=[]):  # the same frozen backbone whatever the caller's seed
-            torch.manual_seed(c.backbone_seed)
-            backbone = ConvNet(c.ways, c.channels, c.depth, c.image_size)
-        if c.backbone is not None:
-            self._load_backbone(backbone)
-        return HeadNet(backbone, c.ways)  # the head is drawn under the caller's seed: theta_0
+        return LinearHead(self.backbone.feature_dim, ways)  # drawn under the caller's seed: theta_0
+
+    def deployable(self, net: torch.nn.Module) -> torch.nn.Module:
+        """``net`` (from :meth:`build_net`, any number of ways) as a module on images ``(N, 1, S, S)``."""
+        return net if self.cfg.generate == "full" else HeadNet(self.backbone, net.head)
+
+    @property
+    def backbone(self) -> ConvNet:
+        """``head`` mode's frozen feature extractor (loaded once, shared by every task)."""
+        if self._backbone is None:
+            c = self.cfg
+            if c.backbone is None:
+                raise ConfigError("task.generate=head needs task.backbone: a safetensors file, `random`, or leave "
+                                  "it unset for a stage (collect, pipeline, backbone) to train one")
+            with torch.random.fork_rng(devices=[]):  # the same backbone whatever the caller's seed
+                torch.manual_seed(c.backbone_seed)
+                backbone = ConvNet(c.ways, c.channels, c.depth, c.image_size)
+            if c.backbone != "random":
+                self._load_backbone(backbone)
+            backbone.head = torch.nn.Identity()
+            self._backbone = backbone.requires_grad_(False).eval()
+        return self._backbone
 
     def _load_backbone(self, backbone: ConvNet) -> None:
         from safetensors.torch import load
@@ -101,8 +126,19 @@ class OmniglotFamily(TaskFamily):
         except RuntimeError as err:
             raise DataError(f"backbone weights {loc} do not fit the conv net (task.channels/depth): {err}") from None
 
-    def to_torch(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0).unsqueeze(-3)
+    def decode(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+
+    @torch.no_grad()
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(..., S, S)`` in [0, 1] -> ``(..., 1, S, S)`` (``full``) or backbone features ``(..., F)`` (``head``)."""
+        x = x.unsqueeze(-3)
+        if self.cfg.generate == "full":
+            return x
+        lead, backbone = x.shape[:-3], self.backbone.to(x.device)
+        flat = x.reshape(-1, *x.shape[-3:])
+        feats = [backbone.features(chunk) for chunk in flat.split(4096)]  # bounded activation memory
+        return (torch.cat(feats) if feats else flat.new_zeros(0, backbone.feature_dim)).reshape(*lead, -1)
 
     def describe(self) -> dict:
         c = self.cfg

@@ -62,7 +62,7 @@ class SinusoidFamily(TaskFamily):
     def build_net(self) -> torch.nn.Module:
         return MLP(1, self.cfg.hidden, 1)
 
-    def to_torch(self, x: np.ndarray) -> torch.Tensor:
+    def decode(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
     def describe(self) -> dict:
