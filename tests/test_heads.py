@@ -64,6 +64,8 @@ def test_generate_rejects_bad_labels(omniglot_root):
         gen.generate_batch(sx, torch.stack([sy[0], sy[1].clamp_max(3)]))
     with pytest.raises(DataError, match="class labels 0..N-1"):
         gen.generate_batch(sx, sy - 1)
+    with pytest.raises(DataError, match="support_y must hold integer class labels, got torch.float32"):
+        gen.generate_batch(sx, sy.float())
     with pytest.raises(DataError, match=r"support_x must have shape \(tasks, shots, 28, 28\)"):
         gen.generate_batch(sx.unsqueeze(2), sy)
 
@@ -114,3 +116,20 @@ def test_backbone_pretraining_learns_and_is_deterministic():
     assert history[-1] < 0.5 * history[0]
     for a, b in zip(net.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_prototype_start_runs_the_trajectory_from_each_tasks_protonet_head(omniglot_root):
+    from ltdi_ray.errors import ConfigError
+    from ltdi_ray.pipelines.collect import make_batcher
+
+    with pytest.raises(ConfigError, match="prototype needs task=omniglot task.generate=head"):
+        load_config(["trajectory.theta0=prototype"])
+
+    cfg = load_config(["task=omniglot", f"task.root={omniglot_root}", "task.generate=head", "task.backbone=random",
+                       "task.channels=8", "trajectory.theta0=prototype", "trajectory.steps=4", "trajectory.save_every=2"])
+    batcher = make_batcher(cfg, "cpu")
+    rows = batcher(np.arange(3))
+    family = batcher.family
+    sx, sy = support_of({k: rows[k] for k in ("pool_x", "pool_y", "support_idx")}, family)
+    torch.testing.assert_close(torch.from_numpy(rows["checkpoints"][:, 0]), prototype_head(sx, sy, 5))
+    assert rows["query_metric"][:, -1].mean() >= 0.2

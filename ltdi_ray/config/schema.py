@@ -103,7 +103,7 @@ class TrajectoryConfig:
     steps: int = 100  # M
     save_every: int = 10  # C = M / save_every + 1 checkpoints per task
     sam_rho: float = 0.0  # > 0 turns on sharpness-aware minimisation with this radius
-    theta0: str = "shared"  # shared | per_task
+    theta0: str = "shared"  # shared | per_task | prototype (Omniglot heads: each task starts at its ProtoNet head)
     init_seed: int = 0  # seed of the shared theta_0
 
     def __post_init__(self) -> None:
@@ -113,7 +113,8 @@ class TrajectoryConfig:
         check(self.save_every >= 1 and self.steps % self.save_every == 0, "trajectory.save_every",
               f"must be >= 1 and divide trajectory.steps ({self.steps}), got {self.save_every}")
         check(self.sam_rho >= 0, "trajectory.sam_rho", f"must be >= 0, got {self.sam_rho}")
-        check(self.theta0 in ("shared", "per_task"), "trajectory.theta0", f"must be shared or per_task, got {self.theta0!r}")
+        check(self.theta0 in ("shared", "per_task", "prototype"), "trajectory.theta0",
+              f"must be shared, per_task or prototype, got {self.theta0!r}")
 
 
 @dataclass
@@ -201,6 +202,8 @@ class Config:
     resume: bool = True  # train: continue the run of the same config from its latest checkpoint; false: a new run
 
     def __post_init__(self) -> None:
+        check(self.trajectory.theta0 != "prototype" or getattr(self.task, "generate", None) == "head",
+              "trajectory.theta0", "prototype needs task=omniglot task.generate=head (a head on fixed features)")
         if isinstance(self.task, OmniglotTaskConfig):
             check(self.task.shots <= 20 - self.task.query_per_class, "task.shots",
                   f"Omniglot has 20 drawings per character: shots ({self.task.shots}) + "

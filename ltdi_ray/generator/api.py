@@ -18,7 +18,7 @@ from ltdi_ray.errors import DataError
 from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model
 from ltdi_ray.generator.checkpoint import MODEL, STATS, read_meta, read_tensors
 from ltdi_ray.models import WeightNormalizer, head_flat, head_rows
-from ltdi_ray.models.heads import tie_rows
+from ltdi_ray.models.heads import prototype_head, tie_rows
 from ltdi_ray.nets.paramspec import ParamSpec
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
@@ -106,7 +106,10 @@ class WeightGenerator:
             if value.dim() != len(want) + 2 or tuple(value.shape[2:]) != want:
                 raise DataError(f"{name} must have shape (tasks, shots{''.join(f', {w}' for w in want)}), "
                                 f"got {tuple(value.shape)}")
-            if not (value.is_floating_point() or (name == "support_y" and self.family.loss != "mse")):
+            labels = name == "support_y" and self.family.loss != "mse"
+            if labels and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+                raise DataError(f"support_y must hold integer class labels, got {value.dtype}")
+            if not (labels or value.is_floating_point()):
                 raise DataError(f"{name} must be a floating-point tensor, got {value.dtype}")
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise DataError(f"{name} contains NaN or Inf")
@@ -133,7 +136,11 @@ class WeightGenerator:
         rng.manual_seed(int(torch.seed() if seed is None else seed))
         other_ways = view.ways if view.ways != self.ways else None
         cond = self.model.cond(sx, sy, other_ways).repeat_interleave(num_samples, dim=0)
-        start = view.norm.normalize(view.theta0).expand(bsz * num_samples, -1)
+        if self.cfg.trajectory.theta0 == "prototype":  # the trajectories started at each task's ProtoNet head
+            theta0 = prototype_head(sx, sy, view.ways).repeat_interleave(num_samples, dim=0)
+        else:
+            theta0 = view.theta0.expand(bsz * num_samples, -1)
+        start = view.norm.normalize(theta0)
         spread = self.cfg.diffusion.sample_start_noise
         if num_samples > 1 and spread > 0 and self.diffusion.starts_from_theta0:
             # candidate 0 of every task starts at theta_0, the others around it (the bridge's chain

@@ -20,14 +20,9 @@ import torch
 
 from ltdi_ray.diffusion import Diffusion
 from ltdi_ray.meta.reptile import Generator, apply_meta_gradient, reptile_meta_gradient, task_loss
+from ltdi_ray.trajectories.batch import pick_points
 
 AllReduce = Callable[[List[torch.Tensor]], None]  # in-place sum over workers
-
-
-def pick_points(data: torch.Tensor, tasks: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
-    """Points ``picks (B, K)`` of tasks ``tasks (B,)`` from ``data (N, P, ...)`` -> ``(B, K, ...)``."""
-    index = picks.view(picks.shape + (1,) * (data.dim() - 2)).expand(picks.shape + data.shape[2:])
-    return torch.gather(data[tasks], 1, index)
 
 
 def draw_picks(rng: np.random.Generator, tasks: int, pool: int, count: int, classes: int = 1) -> np.ndarray:

@@ -31,6 +31,11 @@ class ConvNet(nn.Module):
         return self.head(self.features(x))
 
 
+def unit_length(feats: torch.Tensor) -> torch.Tensor:
+    """Feature rows ``(..., F)`` scaled to length 1 (all-zero rows stay zero)."""
+    return feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
 class LinearHead(nn.Module):
     """``head`` mode's base network as the inner loop sees it: features ``(N, F)`` -> logits ``(N, ways)``.
 
@@ -51,7 +56,8 @@ class LinearHead(nn.Module):
 
 
 class HeadNet(nn.Module):
-    """``head`` mode's deployable network: the frozen backbone plus a generated head, on images ``(N, 1, S, S)``.
+    """``head`` mode's deployable network: the frozen backbone, its features scaled to unit length, and a
+    generated head, on images ``(N, 1, S, S)``.
 
     Only ``head.*`` is trainable (``requires_grad``), so the ParamSpec equals :class:`LinearHead`'s.
     """
@@ -62,4 +68,4 @@ class HeadNet(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.features(x))
+        return self.head(unit_length(self.backbone.features(x)))

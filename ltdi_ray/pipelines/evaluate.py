@@ -29,7 +29,8 @@ from ltdi_ray.generator.build import support_of
 from ltdi_ray.models.heads import prototype_head
 from ltdi_ray.generator.checkpoint import read_meta
 from ltdi_ray.meta.baselines import MetaInitConfig, adapt, train_meta_init
-from ltdi_ray.meta.trainer import draw_picks, pick_points
+from ltdi_ray.meta.trainer import draw_picks
+from ltdi_ray.trajectories.batch import pick_points
 from ltdi_ray.pipelines.collect import inner_optimizer
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family

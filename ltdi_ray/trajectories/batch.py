@@ -8,9 +8,16 @@ import numpy as np
 import torch
 
 from ltdi_ray.errors import DataError
+from ltdi_ray.models.heads import prototype_head
 from ltdi_ray.nets.paramspec import ParamSpec
 from ltdi_ray.tasks.base import TaskFamily, task_seed
 from ltdi_ray.trajectories.inner import InnerOptimizer, evaluate, make_loss, make_metric, run_batched
+
+
+def pick_points(data: torch.Tensor, tasks: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """Points ``picks (B, K)`` of tasks ``tasks (B,)`` from ``data (N, P, ...)`` -> ``(B, K, ...)``."""
+    index = picks.view(picks.shape + (1,) * (data.dim() - 2)).expand(picks.shape + data.shape[2:])
+    return torch.gather(data[tasks], 1, index)
 
 
 def initial_theta(family: TaskFamily, seed: int) -> torch.Tensor:
@@ -52,7 +59,13 @@ class TrajectoryBatcher:
         to_x = lambda a: self.family.to_torch(a).to(self.device)  # noqa: E731
         to_y = lambda a: self.family.targets_to_torch(a).to(self.device)  # noqa: E731
         px, py, qx, qy = to_x(episodes["pool_x"]), to_y(episodes["pool_y"]), to_x(episodes["query_x"]), to_y(episodes["query_y"])
-        checkpoints = run_batched(self.loss, self.theta0_for(ids), px, py, self.opt)
+        if self.theta0_mode == "prototype":  # heads: each task starts at the ProtoNet head of its own support
+            idx = torch.as_tensor(episodes["support_idx"], dtype=torch.long, device=self.device)
+            every = torch.arange(len(ids), device=self.device)
+            theta0 = prototype_head(pick_points(px, every, idx), pick_points(py, every, idx), self.family.pool_classes)
+        else:
+            theta0 = self.theta0_for(ids)
+        checkpoints = run_batched(self.loss, theta0, px, py, self.opt)
         pool_loss = evaluate(self.loss, checkpoints, px, py)
         query_loss = evaluate(self.loss, checkpoints, qx, qy)
         query_metric = query_loss if self.family.loss == "mse" else evaluate(self.metric, checkpoints, qx, qy)
