@@ -149,8 +149,8 @@ def run_evaluate(cfg: Config) -> dict:
     fam = gen.family if view.ways == gen.ways else make_family(replace(gen.cfg.task, ways=view.ways),
                                                                cfg.storage.endpoint_url)
     episodes = fam.sample_many(e.split, range(e.num_tasks), cfg.collect.seed)
-    sx, sy = support_of(episodes, fam)
-    raw_sx = support_of(episodes, fam, raw=True)[0]
+    raw_sx, sy = support_of(episodes, fam, raw=True)  # what generate_batch takes
+    sx = fam.net_input(raw_sx)  # what the nets take (Omniglot heads: features, computed once)
     n = e.num_tasks
     results: Dict[str, dict] = {}
     settings: Dict[str, dict] = {}
