@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FAKE_KEY_ID, FAKE_SECRET = "AKIALTDIFAKEKEY00000", "ltdi-fake-secret-never-to-be-printed"
 OMNIGLOT = Path(os.environ.get("LTDI_OMNIGLOT_ROOT", REPO.parent / "shared" / "data" / "omniglot"))
 
 
@@ -26,7 +27,8 @@ def s3_endpoint():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     # Before ray.init, so local Ray workers inherit them; fake values, loopback only.
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    # Distinctive, so tests can grep every output for them (test_security).
+    os.environ.update(AWS_ACCESS_KEY_ID=FAKE_KEY_ID, AWS_SECRET_ACCESS_KEY=FAKE_SECRET, AWS_DEFAULT_REGION="us-east-1")
     os.environ.pop("AWS_PROFILE", None)
     yield f"http://127.0.0.1:{port}"
     server.stop()

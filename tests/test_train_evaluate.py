@@ -80,10 +80,12 @@ def test_generate_rejects_bad_supports_with_one_line(trained, sx, sy, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_rerunning_train_resumes_the_finished_run_and_more_epochs_continue_it(trained):
+def test_rerunning_train_resumes_the_finished_run_and_more_epochs_continue_it(trained, caplog):
     cfg, first = trained
-    again = run_train(cfg)
+    with caplog.at_level("INFO", logger="ltdi_ray"):
+        again = run_train(cfg)
     assert again["uri"] == first["uri"] and again["epochs"] == 2
+    assert "already finished" in caplog.text  # no Train run started, no shard read
     longer = run_train(config(cfg.storage.uri, "train.epochs=3"))
     assert longer["uri"] != first["uri"]  # another training config: another run, not a silent mix
     fresh = run_train(config(cfg.storage.uri, "resume=false"))  # the first run's config, started over beside it

@@ -51,4 +51,5 @@ class SweepConfig:
               f"must be >= 1 or null, got {self.max_concurrent_trials}")
         check(self.grace_period >= 1, "tune.grace_period", f"must be >= 1, got {self.grace_period}")
         check(self.reduction_factor >= 2, "tune.reduction_factor", f"must be >= 2, got {self.reduction_factor}")
-        check(self.name and "/" not in self.name, "tune.name", f"must be a non-empty name without '/', got {self.name!r}")
+        check(self.name not in ("", ".", "..") and "/" not in self.name and "\\" not in self.name, "tune.name",
+              f"must be a plain directory name (no '/', not '.' or '..'), got {self.name!r}")

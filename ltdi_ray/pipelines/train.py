@@ -15,13 +15,14 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ltdi_ray.config.compose import to_plain
+from ltdi_ray.config.compose import config_from_plain, to_plain
 from ltdi_ray.config.schema import Config
 from ltdi_ray.errors import ConfigError, DataError
+from ltdi_ray.generator.checkpoint import copy_checkpoint, read_meta
 from ltdi_ray.pipelines.collect import config_changes, fingerprint
 from ltdi_ray.storage.artifact import read_norm_stats
 from ltdi_ray.storage.dataset import TrajectoryDataset
@@ -149,14 +150,19 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     Returns ``{"stage", "uri", "generator_uri", "workers", "epochs", "val_metric", "tasks_per_s",
     "allreduce_s_per_step", "compute_s_per_step", "seconds"}`` (the last epoch's figures).
     """
-    from ltdi_ray.generator.checkpoint import copy_checkpoint, read_meta
     from ltdi_ray.pipelines.runtime import user_errors_from_ray
 
     start = time.time()
     cfg = ensure_backbone(cfg)
     t = cfg.train
-    root, loop_config, datasets = prepare_training(cfg)
+    root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
+    root.check_reachable()
     name_of_run = fresh_name(cfg, root)
+    meta = finished(root.child(name), name_of_run, t.epochs)
+    if meta is not None:  # published by this run's last epoch: nothing to train, skip reading the shards
+        log.info("train: %s already finished; %s is its last epoch", name_of_run, root.child(name))
+        return summary(root, name, name_of_run, meta, start)
+    root, loop_config, datasets = prepare_training(cfg)
     trainer = make_trainer(cfg, loop_config, datasets, name_of_run, root.child("train"))
     log.info("train: %s on %d worker(s), %d epochs x %d outer steps of %d tasks (meta=%s, %s k=%d)", name_of_run,
              t.num_workers, t.epochs, t.steps_per_epoch, t.meta_batch, t.meta, cfg.diffusion.variant,
@@ -167,9 +173,23 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
         raise DataError(f"training under {root.child('train', name_of_run)} reported no checkpoint")
     published = root.child(name)
     copy_checkpoint(checkpoint_location(result.checkpoint, root), published)
-    meta = read_meta(published)
+    return summary(root, name, name_of_run, read_meta(published), start)
+
+
+def finished(published: Location, name_of_run: str, epochs: int) -> Optional[dict]:
+    """The metadata of the generator at ``published`` if it is the last epoch of run ``name_of_run``."""
+    try:
+        meta = read_meta(published)
+        same = run_name(config_from_plain(meta["config"])) == name_of_run
+    except (DataError, ConfigError, KeyError):  # absent, unreadable or from an older format: train
+        return None
+    return meta if same and meta["epoch"] + 1 >= epochs else None
+
+
+def summary(root: Location, name: str, name_of_run: str, meta: dict, start: float) -> dict:
+    """The train stage's summary line from the published generator's metadata."""
     metrics = meta["metrics"]
-    return {"stage": "train", "uri": str(root.child("train", name_of_run)), "generator_uri": str(published),
-            "workers": t.num_workers, "epochs": meta["epoch"] + 1, "val_metric": metrics["val_metric"],
+    return {"stage": "train", "uri": str(root.child("train", name_of_run)), "generator_uri": str(root.child(name)),
+            "workers": meta["workers"], "epochs": meta["epoch"] + 1, "val_metric": metrics["val_metric"],
             "tasks_per_s": metrics["tasks_per_s"], "allreduce_s_per_step": metrics["allreduce_s_per_step"],
             "compute_s_per_step": metrics["compute_s_per_step"], "seconds": round(time.time() - start, 2)}

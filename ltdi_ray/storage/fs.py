@@ -44,6 +44,8 @@ class Location:
             body = uri[len("s3://"):].strip("/")
             if not body:
                 raise StorageError(f"storage URI {uri!r} names no bucket")
+            if any(s in (".", "..") for s in body.split("/")):
+                raise StorageError(f"storage URI {uri!r}: '.' and '..' segments are not allowed in an S3 key")
             return cls(f"s3://{body}", endpoint_url)
         if "://" in uri and not uri.startswith("file://"):
             raise StorageError(f"storage URI {uri!r}: only local paths, file:// and s3:// are supported")
@@ -68,6 +70,16 @@ class Location:
         return s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs=_S3_CONFIG)
 
     def child(self, *parts: str) -> "Location":
+        """The location ``parts`` below this one; refuses to leave it.
+
+        Names also come from stored files (a manifest's file list) and the config (``tune.name``),
+        so a ``..``, ``.``, empty or absolute segment is an error rather than a path outside the root.
+        """
+        for part in parts:
+            segments = part.split("/")
+            if not part or any(s in ("", ".", "..") for s in segments) or "\\" in part:
+                raise StorageError(f"path {part!r} under {self.uri} is not a plain relative name "
+                                   "(no '..', '.', empty or absolute segments)")
         return Location("/".join([self.uri.rstrip("/"), *parts]), self.endpoint_url)
 
     def __str__(self) -> str:
