@@ -33,21 +33,16 @@ def main() -> None:
     cfg = dataclasses.replace(gen.cfg, collect=dataclasses.replace(gen.cfg.collect, split="test"))
     rows = make_batcher(cfg)(list(range(args.tasks)))  # true trajectories of the test tasks
     truth = torch.from_numpy(rows["checkpoints"])
-    sx, sy = support_of(rows, gen.family)
+    sx, sy = support_of(rows, gen.family, raw=True)
     qx, qy = gen.family.to_torch(rows["query_x"]), gen.family.targets_to_torch(rows["query_y"])
-    cond = gen.model.cond(sx, sy)
-    with torch.no_grad():
-        _, chain = gen.diffusion.sample(gen.model.denoiser, cond, gen.spec.dim, start=gen.norm.normalize(gen.theta0),
-                                        sampler=gen.cfg.diffusion.sampler, sample_steps=gen.cfg.diffusion.sample_steps,
-                                        generator=torch.Generator().manual_seed(0), return_chain=True)
-    visited = dict(chain)
+    visited = dict(gen.generate_chain(sx, sy, seed=0))
     indices = gen.meta["target_indices"][-gen.cfg.diffusion.segments:]
     out = []
     for end, idx in zip(segment_ends(gen.cfg.diffusion.steps, gen.cfg.diffusion.segments).tolist(), indices):
         if end not in visited:  # a sampler that jumps over this segment end
             continue
-        z, target = visited[end], gen.norm.normalize(truth[:, idx])
-        made = evaluate(gen.loss, gen.norm.denormalize(z).unsqueeze(1), qx, qy)[:, 0]
+        z, target = gen.norm.normalize(visited[end]), gen.norm.normalize(truth[:, idx])
+        made = evaluate(gen.loss, visited[end].unsqueeze(1), qx, qy)[:, 0]
         true = evaluate(gen.loss, truth[:, idx].unsqueeze(1), qx, qy)[:, 0]
         out.append({"diffusion_step": end, "inner_step": gen.facts.checkpoint_steps[idx],
                     "rms_to_target": round(float((z - target).square().mean().sqrt()), 4),

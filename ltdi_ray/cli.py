@@ -20,14 +20,15 @@ def _stages() -> Dict[str, Callable]:
     from ltdi_ray.pipelines.collect import run_collect
     from ltdi_ray.pipelines.evaluate import run_evaluate
     from ltdi_ray.pipelines.pipeline import run_pipeline
+    from ltdi_ray.pipelines.plot import run_plot
     from ltdi_ray.pipelines.train import run_train
     from ltdi_ray.pipelines.tune import run_tune
 
     return {"backbone": run_backbone, "collect": run_collect, "train": run_train, "evaluate": run_evaluate, "pipeline": run_pipeline,
-            "tune": run_tune}
+            "tune": run_tune, "plot": run_plot}
 
 
-USAGE = "usage: python -m ltdi_ray <stage> [key=value ...]   stages: {stages}"
+USAGE = "usage: python -m ltdi_ray <stage> [RUN_URI] [key=value ...]   stages: {stages}"
 
 
 def main(argv: Optional[List[str]] = None) -> None:

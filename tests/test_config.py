@@ -3,6 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ltdi_ray.config import OmniglotTaskConfig, SinusoidTaskConfig, load_config
+from ltdi_ray.config.compose import overrides_from_argv
 from ltdi_ray.errors import ConfigError
 
 
@@ -65,3 +66,10 @@ def test_trajectory_validator_accepts_exactly_the_divisible_pairs(steps, save_ev
         assert "trajectory." in str(err)
     else:
         assert ok and cfg.trajectory.steps // cfg.trajectory.save_every + 1 >= 2
+
+
+def test_a_bare_path_first_argument_is_the_run_root():
+    assert overrides_from_argv(["./runs/a", "plot.tasks=2"]) == ["storage.uri=./runs/a", "plot.tasks=2"]
+    assert overrides_from_argv(["s3://b/run"]) == ["storage.uri=s3://b/run"]
+    with pytest.raises(ConfigError, match="is not an override"):
+        overrides_from_argv(["collect.num_tasks"])  # a forgotten '=value', not a path

@@ -13,6 +13,7 @@ from ltdi_ray.generator.build import support_of
 from ltdi_ray.generator.checkpoint import META, read_meta, read_train_state
 from ltdi_ray.pipelines.collect import run_collect
 from ltdi_ray.pipelines.evaluate import run_evaluate
+from ltdi_ray.pipelines.plot import run_plot
 from ltdi_ray.pipelines.train import run_train
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.trajectories import evaluate
@@ -42,6 +43,22 @@ def test_train_publishes_a_complete_tensor_only_checkpoint(trained):
     state = read_train_state(loc)  # loads with weights_only=True
     assert state["epoch"] == 1 and "state" in state["optimizer"]
 
+
+
+def test_plot_draws_the_run_from_the_generators_history_and_chain(trained):
+    cfg, summary = trained
+    meta = read_meta(Location.parse(summary["generator_uri"]))
+    assert [h["epoch"] for h in meta["history"]] == [0, 1] and meta["history"][-1]["val_metric"] == summary["val_metric"]
+    out = run_plot(config(cfg.storage.uri, "plot.tasks=3"))
+    names = sorted(p.rsplit("/", 1)[-1] for p in out["plots"])
+    assert names == ["predictions.png", "training_curves.png", "weight_space.png"]
+    assert all(Location.parse(out["uri"]).read_bytes(n)[:4] == b"\x89PNG" for n in names)
+    gen = ltdi_ray.load_generator(summary["generator_uri"])
+    sx, sy = support_of(gen.family.sample_many("test", range(3)), gen.family, raw=True)
+    chain = gen.generate_chain(sx, sy, seed=0)  # what the weight-space plot draws
+    assert chain[0][0] == cfg.diffusion.steps and chain[-1][0] == 0
+    assert torch.allclose(chain[0][1], gen.theta0.expand(3, -1), atol=1e-5)
+    assert torch.allclose(chain[-1][1], gen.generate_batch(sx, sy, seed=0))
 
 def test_generate_returns_a_ready_module_and_num_samples_keeps_the_best_support_fit(trained):
     cfg, summary = trained

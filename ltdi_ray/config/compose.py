@@ -159,7 +159,10 @@ def to_plain(cfg: Config) -> dict:
 
 
 def overrides_from_argv(argv: List[str]) -> List[str]:
-    """Check that every CLI argument looks like ``key=value`` (Hydra's override grammar)."""
+    """Check that every CLI argument looks like ``key=value`` (Hydra's override grammar); a bare
+    first argument that is a path is the run root, ``storage.uri`` (``python -m ltdi_ray plot ./ltdi_runs/sinusoid``)."""
+    if argv and "=" not in argv[0] and "/" in argv[0]:
+        argv = [f"storage.uri={argv[0]}", *argv[1:]]
     for arg in argv:
         if "=" not in arg:
             raise ConfigError(f"argument {arg!r} is not an override; expected key=value (e.g. collect.num_tasks=100)")

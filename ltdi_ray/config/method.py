@@ -159,3 +159,13 @@ class EvaluateConfig:
         check(self.ways is None or self.ways >= 2, "evaluate.ways", f"must be >= 2 or null, got {self.ways}")
         check(self.ablation_epochs is None or self.ablation_epochs >= 1, "evaluate.ablation_epochs",
               f"must be >= 1 or null, got {self.ablation_epochs}")
+
+
+@dataclass
+class PlotConfig:
+    """The pictures of a trained run (``python -m ltdi_ray plot``)."""
+
+    tasks: int = 6  # unseen test tasks whose true trajectories and generated chains are drawn
+
+    def __post_init__(self) -> None:
+        check(1 <= self.tasks <= 64, "plot.tasks", f"must be in [1, 64], got {self.tasks}")

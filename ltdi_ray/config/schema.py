@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 from omegaconf import MISSING
 
 from ltdi_ray.config.checks import check
-from ltdi_ray.config.method import DiffusionConfig, EvaluateConfig, ModelConfig, TrainConfig
+from ltdi_ray.config.method import DiffusionConfig, EvaluateConfig, ModelConfig, PlotConfig, TrainConfig
 from ltdi_ray.config.sweep import SweepConfig
 
 
@@ -199,6 +199,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tune: SweepConfig = field(default_factory=SweepConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
     resume: bool = True  # train: continue the run of the same config from its latest checkpoint; false: a new run
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.func import functional_call
@@ -119,16 +119,9 @@ class WeightGenerator:
                             "disagree on (tasks, shots)")
         return out[0], out[1]
 
-    @torch.no_grad()
-    def generate_batch(self, support_x, support_y, num_samples: int = 1, seed: Optional[int] = None,
-                       sampler: Optional[str] = None, sample_steps: Optional[int] = None) -> torch.Tensor:
-        """Weights for B tasks in one batched chain: supports ``(B, K, ...)`` -> ``(B, D)``.
-
-        With ``num_samples = n`` every task gets n candidates and keeps the one with the lowest
-        loss on its own support set.
-        """
-        if num_samples < 1:
-            raise DataError(f"num_samples must be >= 1, got {num_samples}")
+    def _chain_inputs(self, support_x, support_y, num_samples: int, seed: Optional[int]):
+        """Checked network inputs ``(sx, sy)``, the ways view, conditions and normalised chain starts
+        ``(B * num_samples, ...)``, and the sampling generator."""
         sx, sy = self.check_support(support_x, support_y)
         view = self.view(self._support_ways(sy))
         sx, bsz = self.family.net_input(sx), sx.shape[0]
@@ -148,6 +141,20 @@ class WeightGenerator:
             extra = spread * torch.randn(start.shape, generator=rng, device=self.device)
             extra[::num_samples] = 0
             start = start + extra
+        return sx, sy, view, cond, start, rng
+
+    @torch.no_grad()
+    def generate_batch(self, support_x, support_y, num_samples: int = 1, seed: Optional[int] = None,
+                       sampler: Optional[str] = None, sample_steps: Optional[int] = None) -> torch.Tensor:
+        """Weights for B tasks in one batched chain: supports ``(B, K, ...)`` -> ``(B, D)``.
+
+        With ``num_samples = n`` every task gets n candidates and keeps the one with the lowest
+        loss on its own support set.
+        """
+        if num_samples < 1:
+            raise DataError(f"num_samples must be >= 1, got {num_samples}")
+        sx, sy, view, cond, start, rng = self._chain_inputs(support_x, support_y, num_samples, seed)
+        bsz = sx.shape[0]
         z = self.diffusion.sample(self.model.denoiser, cond, view.spec.dim, start=start,
                                   sampler=sampler or self.cfg.diffusion.sampler,
                                   sample_steps=sample_steps or self.cfg.diffusion.sample_steps, generator=rng)
@@ -157,6 +164,16 @@ class WeightGenerator:
         support_loss = evaluate(view.loss, thetas, sx, sy)  # (B, n)
         best = support_loss.nan_to_num(float("inf")).argmin(dim=1)
         return thetas[torch.arange(bsz, device=self.device), best]
+
+    @torch.no_grad()
+    def generate_chain(self, support_x, support_y, seed: Optional[int] = None) -> List[Tuple[int, torch.Tensor]]:
+        """The reverse chain of B tasks with the configured sampler: ``[(diffusion step, weights (B, D))]``
+        from T (the start) down to 0 (what ``generate_batch`` returns)."""
+        sx, sy, view, cond, start, rng = self._chain_inputs(support_x, support_y, 1, seed)
+        _, chain = self.diffusion.sample(self.model.denoiser, cond, view.spec.dim, start=start,
+                                         sampler=self.cfg.diffusion.sampler, sample_steps=self.cfg.diffusion.sample_steps,
+                                         generator=rng, return_chain=True)
+        return [(int(t), view.norm.denormalize(z)) for t, z in chain]
 
     def generate(self, support_x, support_y, num_samples: int = 1, seed: Optional[int] = None) -> torch.nn.Module:
         """A ready base network for one task: ``support_x (K, ...)``, ``support_y (K, ...)``."""

@@ -13,7 +13,7 @@ from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.api import WeightGenerator
 from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, make_normalizer, support_of
-from ltdi_ray.generator.checkpoint import MODEL, read_tensors, read_train_state, write_checkpoint
+from ltdi_ray.generator.checkpoint import MODEL, read_meta, read_tensors, read_train_state, write_checkpoint
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore, shard_range
 from ltdi_ray.models import WeightNormalizer
 from ltdi_ray.nets.paramspec import ParamSpec
@@ -93,12 +93,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     store = _load_store(ray.train.get_dataset_shard(f"shard_{rank}"), family, norm, device,
                         int(loop_config["num_tasks"]), rank, world)
     trainer = MetaTrainer(model, build_diffusion(cfg), store, t, rank, world, _allreduce(world))
-    start_epoch = 0
+    start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             model.load_state_dict(read_tensors(Location.parse(d), MODEL))
             state = read_train_state(Location.parse(d))
+            history = read_meta(Location.parse(d)).get("history", [])
         trainer.opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
     val = family.sample_many("val", range(t.val_tasks), cfg.collect.seed)
@@ -119,12 +120,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "val_metric": float(score.mean()), "val_metric_median": float(score.median()),
                    "epoch_seconds": round(seconds, 3),
                    "tasks_per_s": round(t.steps_per_epoch * t.meta_batch / seconds, 2), **trainer.take_timing()}
+        history.append({k: metrics[k] for k in ("epoch", "loss", "val_metric", "val_metric_median", "tasks_per_s")})
         with tempfile.TemporaryDirectory() as d:
             reported = None
             if rank == 0:
                 write_checkpoint(Location.parse(d), model,
                                  {"mean": norm.mean, "std": norm.std, "theta0": theta0},
-                                 {**meta, "epoch": epoch, "metrics": metrics},
+                                 {**meta, "epoch": epoch, "metrics": metrics, "history": history},
                                  # every random draw derives from (train.seed, step): no RNG state to keep
                                  {"optimizer": trainer.opt.state_dict(), "epoch": epoch,
                                   "step": (epoch + 1) * t.steps_per_epoch, "seed": t.seed})
