@@ -66,3 +66,18 @@ def test_killed_collect_job_resumes_without_loss_or_duplicates(ray_session, tmp_
     assert summary["tasks"] == 96 and 0 < summary["new_tasks"] < 96
     rows = TrajectoryDataset.open(summary["uri"]).load(["task_id"])
     assert rows["task_id"].tolist() == list(range(96))
+
+
+def test_a_tampered_dataset_stops_train_with_one_line_not_a_ray_traceback(ray_session, tmp_path):
+    """The file is read inside a Ray Data task: its error must still reach the user as one line."""
+    args = ["experiment=smoke", "collect.num_tasks=16", "collect.batch_size=8", f"storage.uri={tmp_path}"]
+    run_collect(load_config([*args, "collect.num_actors=1"]))
+    part = next((tmp_path / "trajectories" / DATA_DIR).glob("part-*.parquet"))
+    blob = bytearray(part.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    part.write_bytes(bytes(blob))
+    res = run_cli("train", *args, "ray.num_cpus=2")
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: trajectory file ") and f"{part.name} fails its checksum" in lines[-1]
+    assert "Traceback" not in res.stderr and "Ray Core internal code" not in res.stderr

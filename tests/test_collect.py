@@ -132,3 +132,47 @@ def test_manifest_is_plain_json_with_checksums(ray_session, tmp_path):
     assert {f["rows"] for f in manifest["files"]} == {8} and all(len(f["sha256"]) == 64 for f in manifest["files"])
     assert manifest["schema"]["checkpoints"] == {"dtype": "float32", "shape": [5, 1761]}
     assert summary["checkpoints"] == 5
+
+
+def _republish(ds, record, table):
+    """Overwrite one part with ``table`` and give the manifest its checksum: a consistent file with
+    the wrong contents (a writer bug, not a torn write), so the content checks must catch it."""
+    import hashlib
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    with open(os.path.join(ds.loc.path, record["path"]), "wb") as f:
+        f.write(buf.getvalue())
+    record["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def test_a_dataset_with_wrong_contents_fails_naming_the_file(ray_session, tmp_path):
+    from ltdi_ray.storage.artifact import arrays_to_table
+
+    ds = TrajectoryDataset.open(collect(tmp_path)["uri"])
+    record, name = ds.manifest["files"][1], ds.manifest["files"][1]["path"]
+    good = ds.read_file(record)
+    _republish(ds, record, arrays_to_table({k: v for k, v in good.items() if k != "checkpoints"}))
+    with pytest.raises(DataError, match=rf"{name} lacks columns \['checkpoints'\]"):
+        ds.load()
+    bad = {**good, "checkpoints": good["checkpoints"].copy()}
+    bad["checkpoints"][3, 2, 17] = np.nan
+    _republish(ds, record, arrays_to_table(bad))
+    with pytest.raises(DataError, match=f"{name} contains NaN/Inf weights"):
+        ds.load()
+    _republish(ds, record, arrays_to_table(good))
+    ds.load()  # the original contents pass again
+    # a manifest whose ParamSpec is another network's (a 20-20 MLP instead of 40-40)
+    wrong = json.loads(json.dumps(ds.manifest))
+    wrong["param_spec"]["shapes"] = [[min(n, 20) for n in shape] for shape in wrong["param_spec"]["shapes"]]
+    wrong["param_spec"]["dim"] = sum(int(np.prod(shape)) for shape in wrong["param_spec"]["shapes"])
+    with pytest.raises(DataError, match=r"data/part-\S+ holds 1761-dim weights, the manifest's ParamSpec needs 481"):
+        TrajectoryDataset(ds.loc, wrong).load()
+    path = os.path.join(ds.loc.path, name)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(DataError, match=f"{name} is not readable Parquet"):
+        ds.read_file(record, verify=False)  # a reader that skips checksums still names the torn file

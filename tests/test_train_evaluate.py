@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ltdi_ray
 from ltdi_ray.config import load_config
-from ltdi_ray.errors import DataError
+from ltdi_ray.errors import ConfigError, DataError, LtdiError
 from ltdi_ray.generator.build import support_of
 from ltdi_ray.generator.checkpoint import META, read_meta, read_train_state
 from ltdi_ray.pipelines.collect import run_collect
@@ -84,6 +86,17 @@ def test_generate_returns_a_ready_module_and_num_samples_keeps_the_best_support_
     assert not torch.equal(cands[:, 0], cands[:, 1])
 
 
+_GENERATORS = {}
+
+
+def _generator(trained):
+    """The trained generator, loaded once (hypothesis calls the test body many times)."""
+    uri = trained[1]["generator_uri"]
+    if uri not in _GENERATORS:
+        _GENERATORS[uri] = ltdi_ray.load_generator(uri)
+    return _GENERATORS[uri]
+
+
 @pytest.mark.parametrize("sx, sy, needle", [
     (torch.zeros(2, 5), torch.zeros(2, 5, 1), "support_x must have shape (tasks, shots, 1)"),
     (torch.zeros(2, 5, 1), torch.zeros(2, 4, 1), "disagree on (tasks, shots)"),
@@ -91,11 +104,64 @@ def test_generate_returns_a_ready_module_and_num_samples_keeps_the_best_support_
     (torch.full((2, 5, 1), float("nan")), torch.zeros(2, 5, 1), "support_x contains NaN or Inf"),
 ])
 def test_generate_rejects_bad_supports_with_one_line(trained, sx, sy, needle):
-    gen = ltdi_ray.load_generator(trained[1]["generator_uri"])
+    gen = _generator(trained)
     with pytest.raises(DataError) as err:
         gen.generate_batch(sx, sy)
     assert needle in str(err.value) and "\n" not in str(err.value)
 
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.lists(st.integers(0, 6), min_size=1, max_size=4),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.int64, torch.bool]))
+def test_generate_accepts_exactly_the_well_formed_supports(trained, shape, dtype):
+    gen = _generator(trained)
+    sx, sy = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+    ok = len(shape) == 3 and shape[-1] == 1 and shape[0] >= 1 and shape[1] >= 1 and dtype.is_floating_point
+    if ok:
+        assert gen.generate_batch(sx, sy, seed=0).shape == (shape[0], 1761)
+    else:
+        with pytest.raises(DataError) as err:
+            gen.generate_batch(sx, sy, seed=0)
+        assert "\n" not in str(err.value) and ("support_x" in str(err.value) or "support_y" in str(err.value))
+
+
+def _copy(src: Location, dst: Location) -> Location:
+    for name in src.list():
+        dst.write_atomic(name, src.read_bytes(name))
+    return dst
+
+
+def test_a_checkpoint_that_does_not_fit_its_record_fails_naming_the_file(trained, tmp_path):
+    from safetensors.torch import save
+
+    src = Location.parse(trained[1]["generator_uri"])
+    stats = _copy(src, Location.parse(str(tmp_path / "stats")))
+    stats.write_atomic("stats.safetensors", save({"mean": torch.zeros(99), "std": torch.ones(99), "theta0": torch.zeros(99)}))
+    with pytest.raises(DataError, match="stats.safetensors holds statistics for another ParamSpec"):
+        ltdi_ray.load_generator(str(stats))
+    # a record whose ParamSpec is another network's (the base net 1-20-20-1): the weights do not fit it
+    spec = _copy(src, Location.parse(str(tmp_path / "spec")))
+    meta = json.loads(spec.read_bytes(META))
+    meta["param_spec"] = {"names": meta["param_spec"]["names"],
+                          "shapes": [[min(n, 20) for n in shape] for shape in meta["param_spec"]["shapes"]]}
+    spec.write_atomic(META, json.dumps(meta).encode())
+    with pytest.raises(DataError, match="model.safetensors does not fit the generator its config describes"):
+        ltdi_ray.load_generator(str(spec))
+    # a record of another family (Omniglot heads) over sinusoid weights
+    family = _copy(src, Location.parse(str(tmp_path / "family")))
+    meta = json.loads(family.read_bytes(META))
+    meta["config"]["task"] = {"family": "omniglot", "root": str(tmp_path), "generate": "head", "backbone": "random"}
+    family.write_atomic(META, json.dumps(meta).encode())
+    with pytest.raises(LtdiError) as err:
+        ltdi_ray.load_generator(str(family))
+    assert "\n" not in str(err.value)
+
+
+def test_train_refuses_a_dataset_collected_with_another_config(trained):
+    cfg, _ = trained
+    with pytest.raises(ConfigError, match=r"collected with another config \(trajectory.lr"):
+        run_train(config(cfg.storage.uri, "trajectory.lr=0.02"))
 
 def test_rerunning_train_resumes_the_finished_run_and_more_epochs_continue_it(trained, caplog):
     cfg, first = trained

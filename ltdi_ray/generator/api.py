@@ -106,6 +106,8 @@ class WeightGenerator:
             if value.dim() != len(want) + 2 or tuple(value.shape[2:]) != want:
                 raise DataError(f"{name} must have shape (tasks, shots{''.join(f', {w}' for w in want)}), "
                                 f"got {tuple(value.shape)}")
+            if value.shape[0] == 0 or value.shape[1] == 0:
+                raise DataError(f"{name} must hold at least one task and one shot, got shape {tuple(value.shape)}")
             labels = name == "support_y" and self.family.loss != "mse"
             if labels and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
                 raise DataError(f"support_y must hold integer class labels, got {value.dtype}")

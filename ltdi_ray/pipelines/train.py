@@ -162,12 +162,12 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     if meta is not None:  # published by this run's last epoch: nothing to train, skip reading the shards
         log.info("train: %s already finished; %s is its last epoch", name_of_run, root.child(name))
         return summary(root, name, name_of_run, meta, start)
-    root, loop_config, datasets = prepare_training(cfg)
-    trainer = make_trainer(cfg, loop_config, datasets, name_of_run, root.child("train"))
-    log.info("train: %s on %d worker(s), %d epochs x %d outer steps of %d tasks (meta=%s, %s k=%d)", name_of_run,
-             t.num_workers, t.epochs, t.steps_per_epoch, t.meta_batch, t.meta, cfg.diffusion.variant,
-             cfg.diffusion.segments)
-    with user_errors_from_ray():
+    with user_errors_from_ray():  # the dataset's files are read and verified inside Ray Data tasks
+        root, loop_config, datasets = prepare_training(cfg)
+        trainer = make_trainer(cfg, loop_config, datasets, name_of_run, root.child("train"))
+        log.info("train: %s on %d worker(s), %d epochs x %d outer steps of %d tasks (meta=%s, %s k=%d)", name_of_run,
+                 t.num_workers, t.epochs, t.steps_per_epoch, t.meta_batch, t.meta, cfg.diffusion.variant,
+                 cfg.diffusion.segments)
         result = trainer.fit()
     if result.checkpoint is None:
         raise DataError(f"training under {root.child('train', name_of_run)} reported no checkpoint")
