@@ -24,7 +24,8 @@ import torch
 
 from ltdi_ray.config import load_config
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, make_normalizer, support_of
+from ltdi_ray.generator.build import (DataFacts, build_diffusion, build_function_loss, build_model, make_normalizer,
+                                      support_of)
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
 from ltdi_ray.pipelines.backbone import ensure_backbone
 from ltdi_ray.tasks import make_family
@@ -84,7 +85,8 @@ def main() -> None:
                       torch.from_numpy(rows["support_idx"].astype(np.int64)).to(device), classes=family.pool_classes)
     facts = DataFacts(spec.dim, steps)
     model = build_model(cfg, family, facts).to(device)
-    trainer = MetaTrainer(model, diffusion, store, cfg.train, total_steps=args.steps or None)
+    trainer = MetaTrainer(model, diffusion, store, cfg.train, total_steps=args.steps or None,
+                          function_loss=build_function_loss(cfg, family, spec, norm))
     gen = WeightGenerator(cfg, spec, facts, model, norm, initial_theta(family, cfg.trajectory.init_seed)).to(device)
     test = family.sample_many("test", range(args.tasks), cfg.collect.seed)
     sx, sy = support_of(test, family, device, raw=True)

@@ -73,3 +73,13 @@ def test_a_bare_path_first_argument_is_the_run_root():
     assert overrides_from_argv(["s3://b/run"]) == ["storage.uri=s3://b/run"]
     with pytest.raises(ConfigError, match="is not an override"):
         overrides_from_argv(["collect.num_tasks"])  # a forgotten '=value', not a path
+
+
+def test_the_function_space_term_needs_single_level_bridge_training():
+    assert load_config(["train.function_loss=0.1"]).train.function_loss == 0.1
+    with pytest.raises(ConfigError, match="'train.function_loss': applies to single-level training"):
+        load_config(["train.function_loss=0.1", "train.meta=reptile"])
+    with pytest.raises(ConfigError, match="'train.function_loss': needs diffusion.variant=bridge"):
+        load_config(["train.function_loss=0.1", "diffusion.variant=local_consistency", "diffusion.segments=1"])
+    with pytest.raises(ConfigError, match="'train.function_loss': must be >= 0"):
+        load_config(["train.function_loss=-1"])

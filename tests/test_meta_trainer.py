@@ -24,6 +24,16 @@ def _store(rank=0, world=1):
     return TaskStore(*[a[lo:hi] for a in full], first=lo, total=N)
 
 
+def _function_loss(weight):
+    """A function-space term over a D-weight network (tanh(W x + b), W and b of 6 each)."""
+    from ltdi_ray.meta.function_loss import FunctionSpaceLoss
+    from ltdi_ray.models import WeightNormalizer
+    from ltdi_ray.nets.paramspec import ParamSpec
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, D // 2), torch.nn.Tanh())
+    return FunctionSpaceLoss(net, ParamSpec.from_module(net), WeightNormalizer(torch.zeros(D), torch.ones(D)), weight)
+
+
 def _trainer(meta, rank=0, world=1, allreduce=None, variant="bridge", extra=()):
     torch.manual_seed(0)
     gen = Generator(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
@@ -32,7 +42,8 @@ def _trainer(meta, rank=0, world=1, allreduce=None, variant="bridge", extra=()):
     store = _store(rank, world)
     if variant == "local_consistency":  # its targets are the k segment ends, without theta_0
         store.targets = store.targets[:, 1:]
-    return MetaTrainer(gen, build_diffusion(cfg), store, cfg.train, rank, world, allreduce)
+    function_loss = _function_loss(cfg.train.function_loss) if cfg.train.function_loss else None
+    return MetaTrainer(gen, build_diffusion(cfg), store, cfg.train, rank, world, allreduce, function_loss=function_loss)
 
 
 class ThreadAllReduce:
@@ -63,7 +74,8 @@ def test_global_meta_batch_depends_only_on_seed_and_step():
 
 @pytest.mark.parametrize("meta,variant,extra", [
     ("reptile", "bridge", ()), ("none", "bridge", ()), ("none", "local_consistency", ()),
-    ("none", "bridge", ("diffusion.segment_draw=one", "train.resample_support=false"))])
+    ("none", "bridge", ("diffusion.segment_draw=one", "train.resample_support=false")),
+    ("none", "bridge", ("train.function_loss=0.5",))])
 def test_two_workers_on_their_shards_reproduce_one_worker(meta, variant, extra):
     single = _trainer(meta, variant=variant, extra=extra)
     for step in range(3):
@@ -112,3 +124,15 @@ def test_reptile_chunks_change_memory_not_the_update():
         assert whole.step(step) == pytest.approx(chunked.step(step), rel=1e-5)
     for a, b in zip(whole.gen.parameters(), chunked.gen.parameters()):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)  # summation order only
+
+
+def test_the_function_space_term_compares_network_outputs_and_adds_to_the_loss():
+    fl = _function_loss(2.0)
+    g = torch.Generator().manual_seed(1)
+    pred, target, x = torch.randn(5, D, generator=g), torch.randn(5, D, generator=g), torch.randn(5, 7, 1, generator=g)
+    assert fl(target, target, x) == 0
+    by_hand = torch.stack([(fl.net[1](x[i] @ p[:6].view(6, 1).T + p[6:]) - fl.net[1](x[i] @ q[:6].view(6, 1).T + q[6:]))
+                           for i, (p, q) in enumerate(zip(pred, target))])
+    torch.testing.assert_close(fl(pred, target, x), 2.0 * by_hand.square().mean())
+    with_term, without = _trainer("none", extra=("train.function_loss=0.5",)), _trainer("none")
+    assert with_term.step(0) > without.step(0)  # the same draws, plus a non-negative term

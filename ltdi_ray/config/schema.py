@@ -203,6 +203,8 @@ class Config:
     resume: bool = True  # train: continue the run of the same config from its latest checkpoint; false: a new run
 
     def __post_init__(self) -> None:
+        check(self.train.function_loss == 0 or self.diffusion.variant == "bridge", "train.function_loss",
+              f"needs diffusion.variant=bridge (its loss predicts segment ends), got {self.diffusion.variant}")
         check(self.trajectory.theta0 != "prototype" or getattr(self.task, "generate", None) == "head",
               "trajectory.theta0", "prototype needs task=omniglot task.generate=head (a head on fixed features)")
         if isinstance(self.task, OmniglotTaskConfig):

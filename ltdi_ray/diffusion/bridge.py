@@ -21,7 +21,7 @@ segment's end point, so the chain never sees an input it was not trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -111,10 +111,14 @@ class BridgeDiffusion:
 
     def training_loss(self, model: Denoiser, targets: torch.Tensor, cond: torch.Tensor,
                       generator: Optional[torch.Generator] = None,
-                      draw: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+                      draw: Optional[Dict[str, torch.Tensor]] = None,
+                      extra_loss: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None
+                      ) -> torch.Tensor:
         """Mean squared error of the predicted segment end: targets ``(B, k + 1, D)`` (theta_0 first).
 
         The randomness comes from ``draw`` (see :meth:`draw`) or is drawn here from ``generator``.
+        ``extra_loss(pred (N, D), end (N, D), task (N,))`` is added when given: a caller's own
+        distance between predicted and true segment ends (the process does not know what it means).
         """
         bsz, _, dim = targets.shape
         draw = draw if draw is not None else self.draw(bsz, dim, generator, targets.device, targets.dtype)
@@ -124,7 +128,8 @@ class BridgeDiffusion:
         begin = begin + self.start_noise * draw["start_noise"].to(targets.dtype)
         x = (1 - lam) * end + lam * begin + self.noise * (lam * (1 - lam)).sqrt() * draw["noise"].to(targets.dtype)
         pred = self.predict(model(x, t, cond[task]), x)
-        return (pred - end).square().mean()
+        loss = (pred - end).square().mean()
+        return loss if extra_loss is None else loss + extra_loss(pred, end, task)
 
     @torch.no_grad()
     def sample(self, model: Denoiser, cond: torch.Tensor, dim: int, start: torch.Tensor, sampler: str = "ddpm",

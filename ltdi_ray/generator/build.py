@@ -67,3 +67,13 @@ def make_normalizer(cfg: Config, mean, std) -> WeightNormalizer:
     if getattr(cfg.task, "generate", None) == "head":
         mean, std = tie_rows(mean, std, cfg.task.ways)
     return WeightNormalizer(mean, std)
+
+
+def build_function_loss(cfg: Config, family: TaskFamily, spec, norm: WeightNormalizer):
+    """The function-space term of ``train.function_loss`` over the dataset's ParamSpec ``spec`` for
+    the trainer, or None when it is 0."""
+    from ltdi_ray.meta.function_loss import FunctionSpaceLoss
+
+    if cfg.train.function_loss == 0:
+        return None
+    return FunctionSpaceLoss(family.build_net().to(norm.mean.device), spec, norm, cfg.train.function_loss)

@@ -8,7 +8,7 @@ optimiser; ``single_level_step`` minimises the same loss directly over a minibat
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,14 +31,19 @@ class Generator(nn.Module):
 
 def task_loss(gen: Generator, diffusion: Diffusion, targets: torch.Tensor, support_x: torch.Tensor,
               support_y: torch.Tensor, draws: int = 1, generator: Optional[torch.Generator] = None,
-              draw: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+              draw: Optional[Dict[str, torch.Tensor]] = None, extra_loss: Optional[Callable] = None) -> torch.Tensor:
     """The diffusion loss of B tasks: targets ``(B, k, D)`` normalised, supports ``(B, K, ...)``.
 
     Each task's targets are noised ``draws`` times (fresh t and eps per draw and segment), from
     ``generator`` or from a ready ``draw`` for the ``B * draws`` repeated target rows.
+    ``extra_loss(pred, end, task)`` (bridge only) is added, ``task`` indexing the B tasks.
     """
     c = gen.cond(support_x, support_y).repeat_interleave(draws, dim=0)
-    return diffusion.training_loss(gen.denoiser, targets.repeat_interleave(draws, dim=0), c, generator, draw)
+    repeated = targets.repeat_interleave(draws, dim=0)
+    if extra_loss is None:
+        return diffusion.training_loss(gen.denoiser, repeated, c, generator, draw)
+    return diffusion.training_loss(gen.denoiser, repeated, c, generator, draw,
+                                   extra_loss=lambda pred, end, rows: extra_loss(pred, end, rows // draws))
 
 
 def single_level_step(gen: Generator, diffusion: Diffusion, opt: torch.optim.Optimizer, targets, support_x,

@@ -75,8 +75,10 @@ class MetaTrainer:
     """
 
     def __init__(self, gen: Generator, diffusion: Diffusion, store: TaskStore, train_cfg, rank: int = 0,
-                 world: int = 1, allreduce: Optional[AllReduce] = None, total_steps: Optional[int] = None):
+                 world: int = 1, allreduce: Optional[AllReduce] = None, total_steps: Optional[int] = None,
+                 function_loss: Optional[Callable] = None):
         self.gen, self.diffusion, self.store, self.cfg = gen, diffusion, store, train_cfg
+        self.function_loss = function_loss  # (pred, end, pool inputs) -> a term added to single-level losses
         self.rank, self.world, self.allreduce = rank, world, allreduce
         self.total_steps = total_steps or train_cfg.epochs * train_cfg.steps_per_epoch
         self.params = [p for p in gen.parameters() if p.requires_grad]
@@ -109,12 +111,12 @@ class MetaTrainer:
         slots = np.flatnonzero(self.store.holds(idx))
         ti = torch.as_tensor(idx[slots] - self.store.first, device=self.device)
         pk = torch.as_tensor(picks[slots], device=self.device, dtype=torch.long)
-        return (slots, self.store.targets[ti], pick_points(self.store.pool_x, ti, pk),
+        return (slots, ti, self.store.targets[ti], pick_points(self.store.pool_x, ti, pk),
                 pick_points(self.store.pool_y, ti, pk))
 
-    def _single_level(self, step: int, slots: np.ndarray, targets, sx, sy) -> Tuple[List[torch.Tensor], float]:
-        """Gradient of the summed loss of this worker's slots; the noise is drawn for the global
-        batch from ``(seed, step)`` and cut to the slots' rows."""
+    def _single_level(self, step: int, slots: np.ndarray, ti, targets, sx, sy) -> Tuple[List[torch.Tensor], float]:
+        """Gradient of the summed loss of this worker's slots (tasks ``ti``); the noise is drawn for
+        the global batch from ``(seed, step)`` and cut to the slots' rows."""
         c, dim = self.cfg, targets.shape[-1]
         rng = torch.Generator(device=self.device)
         rng.manual_seed(_seed(c.seed, step))
@@ -123,7 +125,11 @@ class MetaTrainer:
             rows = (torch.as_tensor(slots, device=self.device).unsqueeze(1) * c.draws
                     + torch.arange(c.draws, device=self.device)).flatten()
             draw = self.diffusion.subset(draw, rows)
-        total = task_loss(self.gen, self.diffusion, targets, sx, sy, c.draws, draw=draw) * len(slots)
+        extra = None
+        if self.function_loss is not None:
+            pool = self.store.pool_x[ti]
+            extra = lambda pred, end, rows: self.function_loss(pred, end, pool[rows])  # noqa: E731
+        total = task_loss(self.gen, self.diffusion, targets, sx, sy, c.draws, draw=draw, extra_loss=extra) * len(slots)
         return list(torch.autograd.grad(total, self.params)), float(total.detach()) / len(slots)
 
     def _reptile(self, step: int, slots: np.ndarray, targets, sx, sy) -> Tuple[List[torch.Tensor], float]:
@@ -149,13 +155,13 @@ class MetaTrainer:
         """One outer step; returns the mean loss of this worker's tasks (0.0 if it had none)."""
         c = self.cfg
         tic = time.perf_counter()
-        slots, targets, sx, sy = self._slice(step)
+        slots, ti, targets, sx, sy = self._slice(step)
         if len(slots) == 0:  # this step drew no task of this shard: contribute zeros
             sums, loss = [torch.zeros_like(p) for p in self.params], 0.0
         elif c.meta == "reptile":
             sums, loss = self._reptile(step, slots, targets, sx, sy)
         else:
-            sums, loss = self._single_level(step, slots, targets, sx, sy)
+            sums, loss = self._single_level(step, slots, ti, targets, sx, sy)
         mid = time.perf_counter()
         if self.allreduce is not None:
             self.allreduce(sums)

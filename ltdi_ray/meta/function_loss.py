@@ -1,0 +1,32 @@
+"""A function-space term for the generator's loss (``train.function_loss``; not in the paper).
+
+The diffusion loss measures errors in normalised weight space, where every coordinate counts the
+same; what a generated network is judged by is its outputs. This term adds the mean squared
+difference between the base network's outputs at the predicted segment end and at its target, on
+the task's pool points (a Gauss-Newton-like metric on weight space). Measured in README "Method
+choices".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, vmap
+
+from ltdi_ray.models.normalizer import WeightNormalizer
+from ltdi_ray.nets.paramspec import ParamSpec
+
+
+class FunctionSpaceLoss:
+    """``(pred (N, D), target (N, D), x (N, P, ...)) -> weight * mean ||f(pred; x) - f(target; x)||^2``,
+    weights normalised, ``x`` the network inputs of each row's task."""
+
+    def __init__(self, net: torch.nn.Module, spec: ParamSpec, norm: WeightNormalizer, weight: float):
+        self.net, self.spec, self.norm, self.weight = net, spec, norm, weight
+
+    def _outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.net, self.spec.unflatten(theta), (x,))
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            reference = vmap(self._outputs)(self.norm.denormalize(target), x)
+        return self.weight * (vmap(self._outputs)(self.norm.denormalize(pred), x) - reference).square().mean()
