@@ -176,3 +176,36 @@ def test_a_dataset_with_wrong_contents_fails_naming_the_file(ray_session, tmp_pa
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(DataError, match=f"{name} is not readable Parquet"):
         ds.read_file(record, verify=False)  # a reader that skips checksums still names the torn file
+
+
+def test_a_killed_collector_actor_is_replaced_and_its_block_retried(ray_session, tmp_path):
+    """SIGKILL one collector actor's process mid-run: Ray Data restarts it and re-runs its block;
+    the dataset still holds every task exactly once."""
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    result = {}
+    args = ["collect.num_tasks=48", "collect.batch_size=4", "trajectory.steps=100", "trajectory.save_every=25"]
+    worker = threading.Thread(target=lambda: result.update(summary=collect(tmp_path, *args)))
+    worker.start()
+    victim, deadline = None, time.time() + 120
+    data = tmp_path / "trajectories" / DATA_DIR
+    while victim is None and time.time() < deadline and worker.is_alive():
+        alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                 if "TrajectoryCollector" in a.class_name and a.pid]
+        if alive and data.is_dir() and any(p.name.startswith("part-") for p in data.iterdir()):
+            victim = alive[0].pid
+        time.sleep(0.1)
+    assert victim is not None, "no collector actor was seen at work"
+    os.kill(victim, signal.SIGKILL)
+    worker.join(timeout=300)
+    summary = result["summary"]  # the run finished by itself, with the actor gone
+    assert victim not in [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")])]
+    assert summary["tasks"] == 48 and summary["new_tasks"] == 48
+    rows = TrajectoryDataset.open(summary["uri"]).load(["task_id"])  # verifies every checksum
+    assert rows["task_id"].tolist() == list(range(48))
+    assert sorted(p.name for p in data.iterdir()) == sorted(r["path"].split("/", 1)[1]
+                                                            for r in TrajectoryDataset.open(summary["uri"]).manifest["files"])

@@ -76,7 +76,11 @@ def test_a_bare_path_first_argument_is_the_run_root():
 
 
 def test_the_function_space_term_needs_single_level_bridge_training():
-    assert load_config(["train.function_loss=0.1"]).train.function_loss == 0.1
+    assert load_config([]).train.function_loss == 0.1  # the measured default for sinusoid
+    assert load_config(["train.meta=reptile"]).train.function_loss == 0.0
+    assert load_config(["diffusion.variant=local_consistency"]).train.function_loss == 0.0
+    assert load_config(["task=omniglot", "task.root=/data/omni"]).train.function_loss == 0.0  # not measured there
+    assert load_config(["train.function_loss=0"]).train.function_loss == 0.0
     with pytest.raises(ConfigError, match="'train.function_loss': applies to single-level training"):
         load_config(["train.function_loss=0.1", "train.meta=reptile"])
     with pytest.raises(ConfigError, match="'train.function_loss': needs diffusion.variant=bridge"):

@@ -75,7 +75,7 @@ def test_global_meta_batch_depends_only_on_seed_and_step():
 @pytest.mark.parametrize("meta,variant,extra", [
     ("reptile", "bridge", ()), ("none", "bridge", ()), ("none", "local_consistency", ()),
     ("none", "bridge", ("diffusion.segment_draw=one", "train.resample_support=false")),
-    ("none", "bridge", ("train.function_loss=0.5",))])
+    ("none", "bridge", ("train.function_loss=0",))])  # the default has the function-space term; this without
 def test_two_workers_on_their_shards_reproduce_one_worker(meta, variant, extra):
     single = _trainer(meta, variant=variant, extra=extra)
     for step in range(3):
@@ -134,5 +134,5 @@ def test_the_function_space_term_compares_network_outputs_and_adds_to_the_loss()
     by_hand = torch.stack([(fl.net[1](x[i] @ p[:6].view(6, 1).T + p[6:]) - fl.net[1](x[i] @ q[:6].view(6, 1).T + q[6:]))
                            for i, (p, q) in enumerate(zip(pred, target))])
     torch.testing.assert_close(fl(pred, target, x), 2.0 * by_hand.square().mean())
-    with_term, without = _trainer("none", extra=("train.function_loss=0.5",)), _trainer("none")
+    with_term, without = _trainer("none", extra=("train.function_loss=0.5",)), _trainer("none", extra=("train.function_loss=0",))
     assert with_term.step(0) > without.step(0)  # the same draws, plus a non-negative term

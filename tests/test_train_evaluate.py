@@ -198,3 +198,15 @@ def test_train_and_load_on_s3(ray_session, bucket, s3_endpoint):
     ep = gen.family.sample_many("test", range(3))
     assert gen.generate_batch(*support_of(ep, gen.family), seed=0).shape == (3, 1761)
     assert Location.parse(summary["uri"], s3_endpoint).list()  # Ray Train's checkpoints live in the bucket too
+
+
+def test_the_readme_python_api_example_runs(trained):
+    """README's Python API block, as a user pastes it, against this run's generator."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("### Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope = {}
+    exec(block.replace("./ltdi_runs/sinusoid/generator", trained[1]["generator_uri"]), scope)
+    assert scope["y"].shape == (3, 1) and scope["thetas"].shape == (8, 1761)
+    assert isinstance(scope["net_b"], torch.nn.Module) and scope["chain"][-1][1].shape == (8, 1761)

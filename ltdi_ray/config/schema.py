@@ -203,6 +203,10 @@ class Config:
     resume: bool = True  # train: continue the run of the same config from its latest checkpoint; false: a new run
 
     def __post_init__(self) -> None:
+        if self.train.function_loss is None:  # the measured default of the family (TrainConfig)
+            regression = isinstance(self.task, SinusoidTaskConfig)
+            self.train.function_loss = 0.1 if regression and self.diffusion.variant == "bridge" and \
+                self.train.meta == "none" else 0.0
         check(self.train.function_loss == 0 or self.diffusion.variant == "bridge", "train.function_loss",
               f"needs diffusion.variant=bridge (its loss predicts segment ends), got {self.diffusion.variant}")
         check(self.trajectory.theta0 != "prototype" or getattr(self.task, "generate", None) == "head",
