@@ -81,3 +81,31 @@ def test_a_tampered_dataset_stops_train_with_one_line_not_a_ray_traceback(ray_se
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: trajectory file ") and f"{part.name} fails its checksum" in lines[-1]
     assert "Traceback" not in res.stderr and "Ray Core internal code" not in res.stderr
+
+
+def test_a_killed_train_driver_resumes_from_its_last_checkpoint_when_resubmitted(ray_session, tmp_path):
+    from ltdi_ray.generator.checkpoint import read_meta
+    from ltdi_ray.pipelines.train import run_train
+    from ltdi_ray.storage.fs import Location
+
+    args = ["experiment=smoke", "collect.num_tasks=16", "collect.batch_size=8", "train.epochs=4",
+            "train.steps_per_epoch=20", f"storage.uri={tmp_path}"]
+    run_collect(load_config([*args, "collect.num_actors=1"]))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "ltdi_ray", "train", *args, "ray.num_cpus=2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    runs, deadline = tmp_path / "train", time.time() + 240
+
+    def registered():  # a checkpoint Ray Train has recorded in its snapshot (what a restart resumes from)
+        snap = list(runs.glob("train-*/checkpoint_manager_snapshot.json"))
+        return bool(snap) and "checkpoint_" in snap[0].read_text()
+
+    while time.time() < deadline and not registered():
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray and the Train workers, after epoch 1's checkpoint
+    proc.wait()
+    assert registered() and not (tmp_path / "generator").exists()
+    summary = run_train(load_config(args))  # re-submitting the same command
+    meta = read_meta(Location.parse(summary["generator_uri"]))
+    assert summary["epochs"] == 4 and meta["metrics"]["start_epoch"] >= 1  # continued, not started over
+    assert [h["epoch"] for h in meta["history"]] == [0, 1, 2, 3]  # the killed run's epochs kept in the record

@@ -209,3 +209,52 @@ def test_a_killed_collector_actor_is_replaced_and_its_block_retried(ray_session,
     assert rows["task_id"].tolist() == list(range(48))
     assert sorted(p.name for p in data.iterdir()) == sorted(r["path"].split("/", 1)[1]
                                                             for r in TrajectoryDataset.open(summary["uri"]).manifest["files"])
+
+
+def test_s3_stopping_mid_run_fails_in_bounded_time_and_a_rerun_finishes(ray_session):
+    """The endpoint dies after the first part is written: collect fails with one line after its
+    bounded retries, no manifest marks the partial dataset complete, and once the endpoint is back
+    the same command collects only what is missing."""
+    import threading
+    import time
+
+    import botocore.session
+    from conftest import _free_port
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+    port = _free_port()
+    endpoint, server = f"http://127.0.0.1:{port}", ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    client = botocore.session.get_session().create_client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="dies-mid-run")
+    uri, args = "s3://dies-mid-run/run", ["collect.num_tasks=64", "collect.batch_size=4", "collect.num_actors=1"]
+    result = {}
+
+    def run():
+        try:
+            result["summary"] = collect(uri, *args, endpoint=endpoint)
+        except Exception as err:  # noqa: BLE001 - the test inspects what reached the caller
+            result["error"] = err
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not client.list_objects_v2(Bucket="dies-mid-run", Prefix="run/trajectories/data/part-")["KeyCount"]:
+        time.sleep(0.05)
+    server.stop()  # moto keeps its objects in this process: a restarted server still has them
+    stopped = time.time()
+    worker.join(timeout=300)
+    assert not worker.is_alive() and time.time() - stopped < 240
+    err = result.get("error")
+    assert isinstance(err, StorageError) and "\n" not in str(err), repr(err)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="dies-mid-run", Prefix="run/")["Contents"]]
+        assert "run/trajectories/" + MANIFEST not in keys
+        summary = collect(uri, *args, endpoint=endpoint)
+        assert summary["tasks"] == 64 and 0 < summary["new_tasks"] < 64
+        rows = TrajectoryDataset.open(summary["uri"], endpoint).load(["task_id"])
+        assert rows["task_id"].tolist() == list(range(64))
+    finally:
+        server.stop()

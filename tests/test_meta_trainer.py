@@ -75,7 +75,7 @@ def test_global_meta_batch_depends_only_on_seed_and_step():
 @pytest.mark.parametrize("meta,variant,extra", [
     ("reptile", "bridge", ()), ("none", "bridge", ()), ("none", "local_consistency", ()),
     ("none", "bridge", ("diffusion.segment_draw=one", "train.resample_support=false")),
-    ("none", "bridge", ("train.function_loss=0",))])  # the default has the function-space term; this without
+    ("none", "bridge", ("train.function_loss=0.5",))])
 def test_two_workers_on_their_shards_reproduce_one_worker(meta, variant, extra):
     single = _trainer(meta, variant=variant, extra=extra)
     for step in range(3):

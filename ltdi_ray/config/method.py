@@ -86,9 +86,10 @@ class TrainConfig:
     lr: float = 1e-3  # outer Adam learning rate
     lr_schedule: str = "constant"  # constant | cosine (to 0 over epochs x steps_per_epoch outer steps)
     resample_support: bool = True  # condition on a fresh K-subset of the task's pool every step
-    # weight of the function-space term (meta/function_loss.py); 0 = weight space only; None = measured
-    # defaults: 0.1 for sinusoid (README "Method choices"), 0 for Omniglot (not measured there)
+    # weight of the function-space term (meta/function_loss.py); 0 = weight space only; None = the
+    # measured default (schema.function_loss_weight: 0.1 for sinusoid, 0 for Omniglot, not measured there)
     function_loss: Optional[float] = None
+    function_points: int = 25  # pool points the function-space term evaluates (evenly spread); 0 = all
     val_tasks: int = 100  # validation tasks generated at every epoch end
     num_workers: int = 1
     use_gpu: bool = False
@@ -103,6 +104,7 @@ class TrainConfig:
               f"must be constant or cosine, got {self.lr_schedule!r}")
         check(self.function_loss is None or self.function_loss >= 0, "train.function_loss",
               f"must be >= 0 or null, got {self.function_loss}")
+        check(self.function_points >= 0, "train.function_points", f"must be >= 0, got {self.function_points}")
         check(not self.function_loss or self.meta == "none", "train.function_loss",
               f"applies to single-level training (train.meta=none), not train.meta={self.meta}")
         for key in ("epochs", "steps_per_epoch", "meta_batch", "draws", "inner_steps", "num_workers"):

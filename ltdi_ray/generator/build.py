@@ -10,7 +10,7 @@ from typing import List
 
 import torch
 
-from ltdi_ray.config.schema import Config
+from ltdi_ray.config.schema import Config, function_loss_weight
 from ltdi_ray.diffusion import Diffusion, make_diffusion
 from ltdi_ray.meta import Generator
 from ltdi_ray.models import (PRESETS, ClassTokenDenoiser, ImagePrototypeEncoder, PrototypeEncoder, ResMLPDenoiser,
@@ -74,6 +74,7 @@ def build_function_loss(cfg: Config, family: TaskFamily, spec, norm: WeightNorma
     the trainer, or None when it is 0."""
     from ltdi_ray.meta.function_loss import FunctionSpaceLoss
 
-    if cfg.train.function_loss == 0:
+    weight = function_loss_weight(cfg)
+    if weight == 0:
         return None
-    return FunctionSpaceLoss(family.build_net().to(norm.mean.device), spec, norm, cfg.train.function_loss)
+    return FunctionSpaceLoss(family.build_net().to(norm.mean.device), spec, norm, weight, cfg.train.function_points)

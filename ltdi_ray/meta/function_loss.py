@@ -18,15 +18,19 @@ from ltdi_ray.nets.paramspec import ParamSpec
 
 class FunctionSpaceLoss:
     """``(pred (N, D), target (N, D), x (N, P, ...)) -> weight * mean ||f(pred; x) - f(target; x)||^2``,
-    weights normalised, ``x`` the network inputs of each row's task."""
+    weights normalised, ``x`` the network inputs of each row's task; with ``points`` = n, only every
+    ``P // n``-th pool point (a fixed, evenly spread subset: the cost is the base net over N x n points)."""
 
-    def __init__(self, net: torch.nn.Module, spec: ParamSpec, norm: WeightNormalizer, weight: float):
-        self.net, self.spec, self.norm, self.weight = net, spec, norm, weight
+    def __init__(self, net: torch.nn.Module, spec: ParamSpec, norm: WeightNormalizer, weight: float,
+                 points: int = 0):
+        self.net, self.spec, self.norm, self.weight, self.points = net, spec, norm, weight, points
 
     def _outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.net, self.spec.unflatten(theta), (x,))
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.points:
+            x = x[:, :: max(1, x.shape[1] // self.points)]
         with torch.no_grad():
             reference = vmap(self._outputs)(self.norm.denormalize(target), x)
         return self.weight * (vmap(self._outputs)(self.norm.denormalize(pred), x) - reference).square().mean()
