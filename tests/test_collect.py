@@ -254,6 +254,7 @@ def test_s3_stopping_mid_run_fails_in_bounded_time_and_a_rerun_finishes(ray_sess
         assert "run/trajectories/" + MANIFEST not in keys
         summary = collect(uri, *args, endpoint=endpoint)
         assert summary["tasks"] == 64 and 0 < summary["new_tasks"] < 64
+        # read back in this process, whose s3fs listed data/ before the actors wrote to it
         rows = TrajectoryDataset.open(summary["uri"], endpoint).load(["task_id"])
         assert rows["task_id"].tolist() == list(range(64))
     finally:

@@ -98,3 +98,34 @@ def test_a_sweep_on_s3_keeps_its_state_and_outputs_in_the_bucket(ray_session, bu
     names = Location.parse(summary["uri"], s3_endpoint).list()
     assert {"trials.json", "best_config.yaml", "learning_curves.png", "metric_vs_k.png"} <= set(names)
     assert any(n.startswith("experiment_state") for n in names)  # Tune's own state, for resuming
+
+
+def test_a_killed_trial_is_retried_and_the_sweep_finishes(sweep):
+    """SIGKILL the process of a running trial (its Tune actor): Tune restarts the trial
+    (``tune.max_failures``), the other trials go on, and every trial ends with a metric."""
+    import os
+    import threading
+
+    cfg, _ = sweep
+    args = [*SWEEP, f"storage.uri={cfg.storage.uri}", "tune.name=killed", "tune.max_concurrent_trials=1"]
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(summary=run_tune(load_config(args))))
+    worker.start()
+    runs = Path(cfg.storage.uri) / "tune" / "killed" / "runs"
+    victim, deadline = None, time.time() + 240
+    while victim is None and time.time() < deadline:
+        if list(runs.glob("trial-*/checkpoint_*")):  # a trial is training
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if cmd.startswith(b"ray::") and b"ImplicitFunc" in cmd:
+                    victim = int(pid)
+        time.sleep(0.2)
+    assert victim is not None, "no running trial process was found"
+    os.kill(victim, signal.SIGKILL)
+    worker.join(timeout=600)
+    summary = result["summary"]
+    table = json.loads(Path(summary["table"]).read_text())["trials"]
+    assert summary["trials"] == 4 and all(t["val_metric"] is not None for t in table)

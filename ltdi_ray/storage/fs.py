@@ -110,10 +110,17 @@ class Location:
             raise StorageError(f"cannot reach S3{where} for bucket '{bucket}': {type(err).__name__}: {err}") from None
 
     def exists(self, name: str) -> bool:
-        return self._call(lambda: self.fs.exists(self.child(name).path), f"checking {self.child(name)}")
+        return self._call(lambda: self.fs.exists(self._fresh(self.child(name).path)), f"checking {self.child(name)}")
 
     def read_bytes(self, name: str) -> bytes:
-        return self._call(lambda: self.fs.cat_file(self.child(name).path), f"reading {self.child(name)}")
+        return self._call(lambda: self.fs.cat_file(self._fresh(self.child(name).path)), f"reading {self.child(name)}")
+
+    def _fresh(self, path: str) -> str:
+        """``path``, with s3fs's cached listing of its directory dropped: other processes (Ray
+        workers) write here, and a stale listing makes s3fs report an existing object as missing."""
+        if self.is_s3:
+            self.fs.invalidate_cache(path)
+        return path
 
     def write_atomic(self, name: str, data: bytes) -> None:
         """Make ``name`` appear complete or not at all.
@@ -138,7 +145,7 @@ class Location:
         """Names of the files directly under ``subdir`` (empty when it does not exist)."""
         loc = self.child(subdir) if subdir else self
         try:
-            entries = self.fs.ls(loc.path, detail=False)
+            entries = self.fs.ls(self._fresh(loc.path), detail=False)
         except FileNotFoundError:
             return []
         except Exception as err:
@@ -157,4 +164,8 @@ class Location:
         except PermissionError as err:
             raise StorageError(f"{what}: access denied: {err}") from None
         except OSError as err:
+            raise StorageError(f"{what}: {type(err).__name__}: {err}") from None
+        except Exception as err:  # botocore's own types (EndpointConnectionError, ...) after its bounded retries
+            if not self.is_s3:
+                raise
             raise StorageError(f"{what}: {type(err).__name__}: {err}") from None
