@@ -90,3 +90,20 @@ def test_the_function_space_term_needs_single_level_bridge_training():
         load_config(["train.function_loss=0.1", "diffusion.variant=local_consistency", "diffusion.segments=1"])
     with pytest.raises(ConfigError, match="'train.function_loss': must be >= 0"):
         load_config(["train.function_loss=-1"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(-3, 60), segments=st.integers(-3, 60), lr=st.floats(-1.0, 1.0, allow_nan=False),
+       weight=st.floats(-1.0, 2.0, allow_nan=False))
+def test_method_validators_accept_exactly_the_valid_values(steps, segments, lr, weight):
+    ok = {"diffusion": 2 <= steps <= 1000 and 1 <= segments <= steps, "train.lr": lr > 0,
+          "train.function_loss": weight >= 0}
+    try:
+        load_config([f"diffusion.steps={steps}", f"diffusion.segments={segments}", f"train.lr={lr}",
+                     f"train.function_loss={weight}"])
+    except ConfigError as err:
+        assert not all(ok.values()), err
+        assert "\n" not in str(err)
+        assert any(f"'{key}" in str(err) for key, good in ok.items() if not good), err  # names a culprit
+    else:
+        assert all(ok.values())
