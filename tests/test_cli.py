@@ -83,6 +83,7 @@ def test_a_tampered_dataset_stops_train_with_one_line_not_a_ray_traceback(ray_se
     assert "Traceback" not in res.stderr and "Ray Core internal code" not in res.stderr
 
 
+@pytest.mark.slow  # minutes: run with -m slow
 def test_a_killed_train_driver_resumes_from_its_last_checkpoint_when_resubmitted(ray_session, tmp_path):
     from ltdi_ray.generator.checkpoint import read_meta
     from ltdi_ray.pipelines.train import run_train

@@ -178,6 +178,7 @@ def test_a_dataset_with_wrong_contents_fails_naming_the_file(ray_session, tmp_pa
         ds.read_file(record, verify=False)  # a reader that skips checksums still names the torn file
 
 
+@pytest.mark.slow  # minutes: run with -m slow
 def test_a_killed_collector_actor_is_replaced_and_its_block_retried(ray_session, tmp_path):
     """SIGKILL one collector actor's process mid-run: Ray Data restarts it and re-runs its block;
     the dataset still holds every task exactly once."""

@@ -100,6 +100,7 @@ def test_a_sweep_on_s3_keeps_its_state_and_outputs_in_the_bucket(ray_session, bu
     assert any(n.startswith("experiment_state") for n in names)  # Tune's own state, for resuming
 
 
+@pytest.mark.slow  # minutes: run with -m slow
 def test_a_killed_trial_is_retried_and_the_sweep_finishes(sweep):
     """SIGKILL the process of a running trial (its Tune actor): Tune restarts the trial
     (``tune.max_failures``), the other trials go on, and every trial ends with a metric."""
