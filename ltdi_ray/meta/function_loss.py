@@ -9,6 +9,8 @@ choices".
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch.func import functional_call, vmap
 
@@ -28,9 +30,14 @@ class FunctionSpaceLoss:
     def _outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.net, self.spec.unflatten(theta), (x,))
 
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor,
+                 rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``rows (N,)``: row i's inputs are ``x[rows[i]]`` (x then holds each task once), so only the
+        kept points are gathered for the N rows."""
         if self.points:
             x = x[:, :: max(1, x.shape[1] // self.points)]
+        if rows is not None:
+            x = x[rows]
         with torch.no_grad():
             reference = vmap(self._outputs)(self.norm.denormalize(target), x)
         return self.weight * (vmap(self._outputs)(self.norm.denormalize(pred), x) - reference).square().mean()

@@ -128,7 +128,7 @@ class MetaTrainer:
         extra = None
         if self.function_loss is not None:
             pool = self.store.pool_x[ti]
-            extra = lambda pred, end, rows: self.function_loss(pred, end, pool[rows])  # noqa: E731
+            extra = lambda pred, end, rows: self.function_loss(pred, end, pool, rows)  # noqa: E731
         total = task_loss(self.gen, self.diffusion, targets, sx, sy, c.draws, draw=draw, extra_loss=extra) * len(slots)
         return list(torch.autograd.grad(total, self.params)), float(total.detach()) / len(slots)
 
