@@ -22,10 +22,12 @@ import sys
 import time
 from typing import Dict, List
 
+import torch
+
 from ltdi_ray.config import load_config
 from ltdi_ray.pipelines.backbone import ensure_backbone
 from ltdi_ray.pipelines.collect import run_collect
-from ltdi_ray.pipelines.evaluate import format_table, run_evaluate
+from ltdi_ray.pipelines.evaluate import format_table, paired_differences, run_evaluate
 from ltdi_ray.pipelines.train import run_train
 
 # the benchmark scale on a 2-core CPU: 10,000 training episodes per setting, the tiny denoiser (on
@@ -66,9 +68,10 @@ def test_table(base: List[str], chosen: Dict[str, dict], methods: List[str]) -> 
         summary = run_evaluate(load_config([*base, *extra]))
         with open(summary["uri"]) as fh:
             part = json.load(fh)
-        merged = {k: {**record.get(k, {}), **part[k]} for k in ("methods", "settings")}
+        merged = {k: {**record.get(k, {}), **part[k]} for k in ("methods", "settings", "per_task")}
         record = {**part, **merged}
     record["methods"] = {m: record["methods"][m] for m in methods if m in record["methods"]}
+    record["ltdi_minus"] = paired_differences({m: torch.tensor(v) for m, v in record["per_task"].items()})
     with open(summary["uri"], "w") as fh:  # the merged table is the run's results.json
         json.dump(record, fh, indent=1)
     return record
@@ -102,7 +105,8 @@ def main() -> None:
         record = test_table(base, chosen, list(cfg.evaluate.methods))
         print(format_table(record), flush=True)
         print(json.dumps({"task": "omniglot", "ways": record["ways"], "shots": shots, "tasks": record["tasks"],
-                          "metric": record["metric"], "methods": record["methods"], "settings": record["settings"],
+                          "metric": record["metric"], "methods": record["methods"],
+                          "ltdi_minus": record["ltdi_minus"], "settings": record["settings"],
                           "lr_selection": chosen, "generator": record["generator"], "overrides": args.overrides,
                           "backbone": backbone, "seconds": round(time.time() - tic, 1)}), flush=True)
         for ways in args.other_ways:

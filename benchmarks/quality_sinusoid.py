@@ -42,7 +42,8 @@ def main() -> None:
         with open(summary["uri"], "w") as fh:  # keep the main table as the run's results.json
             json.dump(record, fh, indent=1)
         print(json.dumps({"task": "sinusoid", "shots": shots, "tasks": record["tasks"], "metric": record["metric"],
-                          "methods": record["methods"], f"best_of_{args.best_of}": best_of,
+                          "methods": record["methods"], "ltdi_minus": record["ltdi_minus"],
+                          f"best_of_{args.best_of}": best_of,
                           "settings": record["settings"],
                           "generator": record["generator"], "overrides": args.overrides,
                           "seconds": round(time.time() - tic, 1)}), flush=True)

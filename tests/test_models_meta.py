@@ -33,6 +33,22 @@ def test_denoiser_and_encoder_shapes_and_set_invariance():
     assert out.shape == (4, D) and torch.isfinite(out).all()
 
 
+def test_fourier_set_encoder_features_invariance_and_checkpointed_frequencies():
+    enc = SetEncoder(1, 1, 8, width=16, fourier=4, fourier_scale=2.0)
+    x, y = torch.randn(3, 5, 1), torch.randn(3, 5, 1)
+    feats = enc.features(x, y)
+    assert feats.shape == (3, 5, 1 + 1 + 2 * 4 * 2)
+    phase = x @ enc.freqs
+    torch.testing.assert_close(feats[..., 2:6], phase.sin())
+    torch.testing.assert_close(feats[..., 14:18], y * phase.cos())  # y times each wave: the moments of a fit
+    perm = torch.randperm(5)
+    torch.testing.assert_close(enc(x[:, perm], y[:, perm]), enc(x, y))
+    assert "freqs" in enc.state_dict()  # the frequencies travel with the checkpoint
+    other = SetEncoder(1, 1, 8, width=16, fourier=4, fourier_scale=2.0)
+    torch.testing.assert_close(other.freqs, enc.freqs)  # and are the same for every build (seeded)
+    assert SetEncoder(1, 1, 8, width=16).features(x, y).shape == (3, 5, 2)
+
+
 def test_normalizer_round_trip_and_floor():
     mean, std = torch.randn(D), torch.rand(D)
     std[0] = 0.0

@@ -158,6 +158,24 @@ def test_a_checkpoint_that_does_not_fit_its_record_fails_naming_the_file(trained
     assert "\n" not in str(err.value)
 
 
+def test_a_checkpoint_from_before_fourier_features_loads_as_raw_inputs(trained, tmp_path):
+    """Checkpoints written before ``model.encoder_fourier`` existed have no such key: raw (x, y) encoders."""
+    from safetensors.torch import save
+
+    from ltdi_ray.generator.build import build_model
+
+    gen = ltdi_ray.load_generator(trained[1]["generator_uri"])
+    old = _copy(Location.parse(trained[1]["generator_uri"]), Location.parse(str(tmp_path / "old")))
+    meta = json.loads(old.read_bytes(META))
+    del meta["config"]["model"]["encoder_fourier"], meta["config"]["model"]["encoder_fourier_scale"]
+    old.write_atomic(META, json.dumps(meta).encode())
+    gen.cfg.model.encoder_fourier = 0
+    raw = build_model(gen.cfg, gen.family, gen.facts)
+    old.write_atomic("model.safetensors", save({k: v.contiguous() for k, v in raw.state_dict().items()}))
+    loaded = ltdi_ray.load_generator(str(old))
+    assert loaded.cfg.model.encoder_fourier == 0 and loaded.model.encoder.freqs.shape[1] == 0
+
+
 def test_train_refuses_a_dataset_collected_with_another_config(trained):
     cfg, _ = trained
     with pytest.raises(ConfigError, match=r"collected with another config \(trajectory.lr"):
@@ -186,6 +204,11 @@ def test_evaluate_scores_every_method_on_the_same_tasks_and_saves_results(traine
     assert record["tasks"] == 16 and record["metric"] == "mse" and set(record["settings"]) >= {"maml", "finetune"}
     assert record["settings"]["vanilla"]["diffusion"]["segments"] == 1
     assert record["settings"]["single_level"]["train"]["meta"] == "none"
+    paired = record["ltdi_minus"]  # the same tasks for every method: the difference of means is the mean difference
+    assert set(paired) == set(methods) - {"ltdi"}
+    for name, d in paired.items():
+        assert d["mean"] == pytest.approx(record["methods"]["ltdi"]["mean"] - record["methods"][name]["mean"], abs=1e-9)
+        assert d["ci95"] >= 0
     assert "method" in capsys.readouterr().out
 
 

@@ -65,10 +65,15 @@ class ModelConfig:
 
     preset: str = "small"  # tiny | small | base (ltdi_ray.models.PRESETS)
     encoder_width: int = 128
+    encoder_fourier: int = 32  # regression: random Fourier features of x in the set encoder (0 = raw x, y only)
+    encoder_fourier_scale: float = 0.5  # their frequencies' standard deviation, in units of 1 / x
 
     def __post_init__(self) -> None:
         check(self.preset in PRESETS, "model.preset", f"must be one of {PRESETS}, got {self.preset!r}")
         check(self.encoder_width >= 8, "model.encoder_width", f"must be >= 8, got {self.encoder_width}")
+        check(self.encoder_fourier >= 0, "model.encoder_fourier", f"must be >= 0, got {self.encoder_fourier}")
+        check(self.encoder_fourier_scale > 0, "model.encoder_fourier_scale",
+              f"must be > 0, got {self.encoder_fourier_scale}")
 
 
 @dataclass

@@ -214,6 +214,8 @@ def load_generator(uri: str, endpoint_url: Optional[str] = None, device: str = "
     loc = Location.parse(uri, endpoint_url)
     loc.check_reachable()
     meta = read_meta(loc)
+    # checkpoints written before model.encoder_fourier existed were built without Fourier features
+    meta["config"].get("model", {}).setdefault("encoder_fourier", 0)
     cfg = config_from_plain(meta["config"])
     if endpoint_url is not None:
         cfg.storage.endpoint_url = endpoint_url

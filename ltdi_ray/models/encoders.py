@@ -10,17 +10,34 @@ class SetEncoder(nn.Module):
     """Regression supports: an MLP over (x, y) pairs, mean-pooled, then an MLP.
 
     ``x (B, K, in_dim)``, ``y (B, K, out_dim)`` -> ``(B, cond_dim)``; invariant to the order of
-    the K pairs.
+    the K pairs. ``fourier = F > 0`` adds random Fourier features of x (Tancik et al. 2020):
+    ``sin(x B), cos(x B)`` with ``B (in_dim, F) ~ N(0, fourier_scale^2)`` fixed at construction (a
+    buffer, so it travels with the checkpoint), and their products with every y coordinate, so
+    that the pooled features hold the moments a least-squares fit of y on them needs; a plain MLP
+    on raw x has to learn both the oscillation and the product.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, cond_dim: int, width: int = 128):
+    def __init__(self, in_dim: int, out_dim: int, cond_dim: int, width: int = 128, fourier: int = 0,
+                 fourier_scale: float = 1.0):
         super().__init__()
-        self.point = nn.Sequential(nn.Linear(in_dim + out_dim, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+        gen = torch.Generator().manual_seed(0)
+        self.register_buffer("freqs", torch.randn(in_dim, fourier, generator=gen) * fourier_scale)
+        feats = in_dim + out_dim + 2 * fourier * (1 + out_dim)
+        self.point = nn.Sequential(nn.Linear(feats, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
                                    nn.Linear(width, width))
         self.pool = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, cond_dim))
 
+    def features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(B, K, in_dim), (B, K, out_dim) -> (B, K, feats)``."""
+        if self.freqs.shape[1] == 0:
+            return torch.cat([x, y], dim=-1)
+        phase = x @ self.freqs
+        wave = torch.cat([phase.sin(), phase.cos()], dim=-1)  # (B, K, 2F)
+        cross = (y.unsqueeze(-1) * wave.unsqueeze(-2)).flatten(-2)  # (B, K, out_dim * 2F)
+        return torch.cat([x, y, wave, cross], dim=-1)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.point(torch.cat([x, y], dim=-1)).mean(dim=1))
+        return self.pool(self.point(self.features(x, y)).mean(dim=1))
 
 
 class ImagePrototypeEncoder(nn.Module):

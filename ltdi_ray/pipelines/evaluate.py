@@ -55,6 +55,16 @@ def summarise(values: torch.Tensor, seconds: float) -> dict:
     return {"mean": float(v.mean()), "ci95": ci, "ms_per_task": 1000.0 * seconds / len(v)}
 
 
+def paired_differences(per_task: Dict[str, torch.Tensor], of: str = "ltdi") -> Dict[str, dict]:
+    """``of``'s per-task metric minus every other method's on the same tasks: mean and 95% CI
+    half-width of the paired difference (tighter than comparing two means' CIs, because the task's
+    difficulty cancels). ``per_task``: name -> ``(n,)``."""
+    if of not in per_task:
+        return {}
+    return {name: {k: summarise(per_task[of] - v, 0.0)[k] for k in ("mean", "ci95")}
+            for name, v in per_task.items() if name != of}
+
+
 def _timed(fn: Callable[[], torch.Tensor]) -> Tuple[torch.Tensor, float]:
     tic = time.perf_counter()
     out = fn()
@@ -167,10 +177,12 @@ def run_evaluate(cfg: Config) -> dict:
     n = e.num_tasks
     results: Dict[str, dict] = {}
     settings: Dict[str, dict] = {}
+    per_task: Dict[str, torch.Tensor] = {}
 
     def score(name: str, make: Callable[[], torch.Tensor]) -> None:
         thetas, seconds = _timed(make)
-        results[name] = summarise(gen.query_metric(thetas, episodes), seconds)
+        per_task[name] = gen.query_metric(thetas, episodes).double()
+        results[name] = summarise(per_task[name], seconds)
         log.info("evaluate: %-14s %.4f +- %.4f (%.2f ms/task)", name, results[name]["mean"], results[name]["ci95"],
                  results[name]["ms_per_task"])
 
@@ -208,7 +220,8 @@ def run_evaluate(cfg: Config) -> dict:
     record = {"task": fam.name, "split": e.split, "tasks": n, "metric": metric, "shots": fam.fields()["support_idx"][0][0]
               // fam.pool_classes, "ways": view.ways,
               "generator_uri": str(gen_loc), "generator": {k: gen.meta["config"][k] for k in ("diffusion", "train")},
-              "methods": results, "settings": settings}
+              "methods": results, "ltdi_minus": paired_differences(per_task), "settings": settings,
+              "per_task": {k: v.tolist() for k, v in per_task.items()}}
     out = root.child("results.json")
     root.write_atomic("results.json", json.dumps(record, indent=1).encode())
     print(format_table(record), flush=True)
@@ -223,6 +236,9 @@ def format_table(record: dict) -> str:
     lines = [head, f"{'method':<15}{'mean':>10}{'ci95':>10}{'ms/task':>10}"]
     for name, r in record["methods"].items():
         lines.append(f"{name:<15}{r['mean']:>10.4f}{r['ci95']:>10.4f}{r['ms_per_task']:>10.3f}")
+    if record.get("ltdi_minus"):
+        pairs = ", ".join(f"{name} {d['mean']:+.4f} +- {d['ci95']:.4f}" for name, d in record["ltdi_minus"].items())
+        lines.append(f"ltdi minus, per task: {pairs}")
     for name, s in record["settings"].items():
         lines.append(f"  {name}: {json.dumps(s, sort_keys=True)}")
     return "\n".join(lines)
