@@ -44,8 +44,12 @@ def weights(summary):
 
 def assert_same_generator(a, b):
     wa, wb = weights(a), weights(b)
-    for name in wa:  # summation order differs between 1 and 2 workers; nothing else does
-        torch.testing.assert_close(wa[name], wb[name], atol=2e-5, rtol=1e-4, msg=name)
+    # Summation order differs between 1 and 2 workers; nothing else does. Adam divides each coordinate's
+    # step by its gradient's scale, so the order noise in a near-zero gradient moves that weight by a
+    # small fraction of lr (1e-3) per step (seen: one of 4,096 weights 2.4e-5 apart after 8 steps); a
+    # real difference (a shard missing or counted twice) moves whole tensors by about lr per step.
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=5e-5, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_two_workers_train_the_same_generator_as_one(dataset, tmp_path):
