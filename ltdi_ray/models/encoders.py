@@ -28,9 +28,7 @@ class SetEncoder(nn.Module):
         self.pool = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, cond_dim))
 
     def features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(B, K, in_dim), (B, K, out_dim) -> (B, K, feats)``."""
-        if self.freqs.shape[1] == 0:
-            return torch.cat([x, y], dim=-1)
+        """``(B, K, in_dim), (B, K, out_dim) -> (B, K, feats)`` (F = 0: just ``[x, y]``)."""
         phase = x @ self.freqs
         wave = torch.cat([phase.sin(), phase.cos()], dim=-1)  # (B, K, 2F)
         cross = (y.unsqueeze(-1) * wave.unsqueeze(-2)).flatten(-2)  # (B, K, out_dim * 2F)
