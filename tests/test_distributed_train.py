@@ -76,6 +76,7 @@ def _train_worker_pids():
     return pids
 
 
+@pytest.mark.slow  # minutes: two 2-worker runs of 120 steps; run with -m slow
 def test_a_killed_worker_restarts_from_the_last_checkpoint_and_ends_on_the_same_curve(dataset, tmp_path):
     extra = ["train.epochs=4", "train.steps_per_epoch=30", "train.max_failures=1", "train.num_workers=2"]
     reference = run_train(config(fresh_run(dataset, tmp_path, "reference"), *extra))

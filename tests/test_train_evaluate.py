@@ -14,6 +14,7 @@ from ltdi_ray.errors import ConfigError, DataError, LtdiError
 from ltdi_ray.generator.build import support_of
 from ltdi_ray.generator.checkpoint import META, read_meta, read_train_state
 from ltdi_ray.pipelines.collect import run_collect
+from ltdi_ray.pipelines import evaluate as evaluate_stage
 from ltdi_ray.pipelines.evaluate import run_evaluate
 from ltdi_ray.pipelines.plot import run_plot
 from ltdi_ray.pipelines.train import run_train
@@ -210,6 +211,23 @@ def test_evaluate_scores_every_method_on_the_same_tasks_and_saves_results(traine
         assert d["mean"] == pytest.approx(record["methods"]["ltdi"]["mean"] - record["methods"][name]["mean"], abs=1e-9)
         assert d["ci95"] >= 0
     assert "method" in capsys.readouterr().out
+
+
+def test_baselines_meta_trained_as_concurrent_ray_tasks_equal_the_in_process_run(trained):
+    import ray
+
+    cfg, summary = trained
+    gen = ltdi_ray.load_generator(summary["generator_uri"])
+    refs = evaluate_stage._start_meta_inits(cfg, gen, ["fomaml", "maml", "reptile"])
+    assert list(refs) == ["reptile", "maml", "fomaml"]  # longest first: 5 inner steps, then second order
+    pools = evaluate_stage._training_pools(cfg, gen)
+    for method, ref in refs.items():
+        theta, settings = ray.get(ref)
+        assert settings["threads"] == 1 and settings["method"] == method
+        local, _ = evaluate_stage._meta_init(gen.loss, gen.theta0, pools, 1, settings["support"],
+                                             evaluate_stage._baseline_config(cfg, method))
+        assert not torch.equal(local, gen.theta0)
+        torch.testing.assert_close(theta, local, atol=1e-6, rtol=1e-5)  # 1 thread there, the session's here
 
 
 def test_train_and_load_on_s3(ray_session, bucket, s3_endpoint):

@@ -52,6 +52,7 @@ def test_the_best_config_round_trips_into_train(sweep):
     assert trained["epochs"] == 2
 
 
+@pytest.mark.slow  # minutes (a third sweep); the default run keeps test_rerunning_the_sweep_resumes_it
 def test_an_interrupted_sweep_resumes_where_it_stopped(sweep, ray_session):
     cfg, _ = sweep
     args = [*SWEEP, f"storage.uri={cfg.storage.uri}", "tune.name=interrupted", "tune.max_concurrent_trials=1",

@@ -137,8 +137,10 @@ class BaselineConfig:
     reptile_inner_steps: int = 5  # reptile: SGD steps per task on support + query
     inner_lr: float = 0.01  # MAML paper: 0.01
     outer_lr: float = 1e-3  # Adam
+    cpus: float = 1.0  # per baseline: each meta-trains as its own Ray task, side by side (also its torch threads)
 
     def __post_init__(self) -> None:
+        check(self.cpus > 0, "evaluate.baseline.cpus", f"must be > 0, got {self.cpus}")
         for key in ("meta_steps", "meta_batch", "inner_steps", "reptile_inner_steps"):
             check(getattr(self, key) >= 1, f"evaluate.baseline.{key}", f"must be >= 1, got {getattr(self, key)}")
         for key in ("inner_lr", "outer_lr"):

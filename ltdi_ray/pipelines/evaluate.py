@@ -118,15 +118,18 @@ def _training_pools(cfg: Config, gen: WeightGenerator) -> Tuple[torch.Tensor, to
     return _POOLS[key]
 
 
-def _meta_init(cfg: Config, gen: WeightGenerator, method: str, pools) -> Tuple[torch.Tensor, dict]:
-    """Train MAML / first-order MAML / Reptile on the training tasks' pools; returns (theta, settings)."""
-    px, py = pools
+def _baseline_config(cfg: Config, method: str) -> MetaInitConfig:
     b = cfg.evaluate.baseline
     inner = b.reptile_inner_steps if method == "reptile" else b.inner_steps
-    mcfg = MetaInitConfig(method=method, meta_steps=b.meta_steps, meta_batch=b.meta_batch, inner_steps=inner,
+    return MetaInitConfig(method=method, meta_steps=b.meta_steps, meta_batch=b.meta_batch, inner_steps=inner,
                           inner_lr=b.inner_lr, outer_lr=b.outer_lr, seed=cfg.train.seed)
-    classes = gen.family.pool_classes
-    shots = gen.family.fields()["support_idx"][0][0] // classes  # per class
+
+
+def _meta_init(loss, theta0: torch.Tensor, pools, classes: int, shots: int,
+               mcfg: MetaInitConfig) -> Tuple[torch.Tensor, dict]:
+    """Train one of MAML / first-order MAML / Reptile on the training tasks' pools ``(N, P, ...)``
+    (``shots`` support points per class, ``classes`` per pool); returns (theta ``(D,)``, settings)."""
+    px, py = pools
     queries = 10 if classes == 1 else min(5, px.shape[1] // classes - shots)  # per class
 
     def sample_batch(step: int):
@@ -137,11 +140,44 @@ def _meta_init(cfg: Config, gen: WeightGenerator, method: str, pools) -> Tuple[t
         return pick_points(px, idx, s), pick_points(py, idx, s), pick_points(px, idx, q), pick_points(py, idx, q)
 
     tic = time.perf_counter()
-    theta, history = train_meta_init(gen.loss, gen.theta0, sample_batch, mcfg)
+    theta, history = train_meta_init(loss, theta0, sample_batch, mcfg)
     settings = {**mcfg.describe(), "train_tasks": len(px), "support": shots * classes, "outer_query": queries * classes,
                 "meta_train_s": round(time.perf_counter() - tic, 1),
                 "outer_loss_first_last": [round(history[0], 4), round(float(np.mean(history[-50:])), 4)]}
     return theta, settings
+
+
+def _meta_init_task(threads: int, *args) -> Tuple[torch.Tensor, dict]:
+    """:func:`_meta_init` as a Ray task: torch's intra-op threads capped at the task's CPUs."""
+    torch.set_num_threads(threads)
+    theta, settings = _meta_init(*args)
+    return theta, {**settings, "threads": threads}
+
+
+def _start_meta_inits(cfg: Config, gen: WeightGenerator, methods) -> Dict[str, "ray.ObjectRef"]:  # noqa: F821
+    """Launch the baselines' meta-training as concurrent Ray tasks of ``evaluate.baseline.cpus`` CPUs each.
+
+    They are independent, and one of them keeps a single core busy (batches of 25 small tasks), so
+    running them side by side while the driver trains the ablations shortens the stage by the
+    baselines' time on a two-core machine. Longest first (Reptile's inner loop is the longest), so
+    the shorter ones fill the other cores. Returns method -> ref of ``(theta, settings)``.
+    """
+    import ray
+    from ltdi_ray.pipelines.runtime import ensure_ray
+
+    if not methods:
+        return {}
+    ensure_ray(cfg.ray)
+    b = cfg.evaluate.baseline
+    configs = {m: _baseline_config(cfg, m) for m in methods}
+    cost = {m: c.meta_steps * (c.inner_steps + 1) * (2 if m == "maml" else 1) for m, c in configs.items()}
+    classes = gen.family.pool_classes
+    shots = gen.family.fields()["support_idx"][0][0] // classes  # per class
+    pools = ray.put(_training_pools(cfg, gen))
+    task = ray.remote(num_cpus=b.cpus)(_meta_init_task).options(name="ltdi_ray.meta_init")
+    threads = max(1, int(b.cpus))
+    return {m: task.remote(threads, gen.loss, gen.theta0, pools, classes, shots, configs[m])
+            for m in sorted(methods, key=lambda m: -cost[m])}
 
 
 def _applies(method: str, gen: WeightGenerator, view) -> bool:
@@ -162,6 +198,9 @@ def run_evaluate(cfg: Config) -> dict:
     Returns ``{"stage", "uri" (results.json), "generator_uri", "tasks", "metric", "methods": {name:
     {"mean", "ci95", "ms_per_task"}}}``.
     """
+    import ray
+    from ltdi_ray.pipelines.runtime import user_errors_from_ray
+
     torch.manual_seed(cfg.train.seed)
     cfg = ensure_backbone(cfg)
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
@@ -188,10 +227,9 @@ def run_evaluate(cfg: Config) -> dict:
 
     sgd = lambda theta, lr: adapt(view.loss, theta, sx, sy, e.adapt_steps, lr)  # noqa: E731
     generate = lambda g: g.generate_batch(raw_sx, sy, e.num_samples, seed=cfg.train.seed)  # noqa: E731
-    pools = None
-    for method in e.methods:
-        if not _applies(method, gen, view):
-            continue
+    applied = [m for m in e.methods if _applies(m, gen, view)]
+    meta_inits = _start_meta_inits(cfg, gen, [m for m in applied if m in ("maml", "fomaml", "reptile")])
+    for method in applied:
         if method == "init":
             score(method, lambda: view.theta0.expand(n, -1))
         elif method == "finetune":
@@ -200,8 +238,8 @@ def run_evaluate(cfg: Config) -> dict:
             score(method, lambda: run_batched(view.loss, view.theta0.expand(n, -1), sx, sy,
                                               replace(opt, save_every=opt.steps))[:, -1])
         elif method in ("maml", "fomaml", "reptile"):
-            pools = pools or _training_pools(cfg, gen)
-            theta, settings[method] = _meta_init(cfg, gen, method, pools)
+            with user_errors_from_ray():
+                theta, settings[method] = ray.get(meta_inits.pop(method))
             settings[method]["adapt"] = {"optimizer": "sgd", "lr": e.adapt_lr, "steps": e.adapt_steps}
             score(method, lambda: sgd(theta, e.adapt_lr))
         elif method == "protonet":
