@@ -28,7 +28,7 @@ from ltdi_ray.generator.api import WeightGenerator, load_generator
 from ltdi_ray.generator.build import support_of
 from ltdi_ray.models.heads import prototype_head
 from ltdi_ray.generator.checkpoint import read_meta
-from ltdi_ray.meta.baselines import MetaInitConfig, adapt, train_meta_init
+from ltdi_ray.meta.baselines import METHODS as META_INITS, MetaInitConfig, adapt, train_meta_init
 from ltdi_ray.meta.trainer import draw_picks
 from ltdi_ray.trajectories.batch import pick_points
 from ltdi_ray.pipelines.collect import inner_optimizer
@@ -185,7 +185,7 @@ def _applies(method: str, gen: WeightGenerator, view) -> bool:
     why = None
     if method == "protonet" and getattr(gen.cfg.task, "generate", None) != "head":
         why = "needs a fixed feature extractor (task.generate=head)"
-    elif view.ways != gen.ways and method in ("maml", "fomaml", "reptile", *ABLATIONS):
+    elif view.ways != gen.ways and method in (*META_INITS, *ABLATIONS):
         why = f"trained for {gen.ways}-way episodes"
     if why:
         log.info("evaluate: skipping %s: %s", method, why)
@@ -228,7 +228,7 @@ def run_evaluate(cfg: Config) -> dict:
     sgd = lambda theta, lr: adapt(view.loss, theta, sx, sy, e.adapt_steps, lr)  # noqa: E731
     generate = lambda g: g.generate_batch(raw_sx, sy, e.num_samples, seed=cfg.train.seed)  # noqa: E731
     applied = [m for m in e.methods if _applies(m, gen, view)]
-    meta_inits = _start_meta_inits(cfg, gen, [m for m in applied if m in ("maml", "fomaml", "reptile")])
+    meta_inits = _start_meta_inits(cfg, gen, [m for m in applied if m in META_INITS])
     for method in applied:
         if method == "init":
             score(method, lambda: view.theta0.expand(n, -1))
@@ -237,7 +237,7 @@ def run_evaluate(cfg: Config) -> dict:
             settings[method] = {"optimizer": opt.optimizer, "lr": opt.lr, "steps": opt.steps, "data": "support"}
             score(method, lambda: run_batched(view.loss, view.theta0.expand(n, -1), sx, sy,
                                               replace(opt, save_every=opt.steps))[:, -1])
-        elif method in ("maml", "fomaml", "reptile"):
+        elif method in META_INITS:
             with user_errors_from_ray():
                 theta, settings[method] = ray.get(meta_inits.pop(method))
             settings[method]["adapt"] = {"optimizer": "sgd", "lr": e.adapt_lr, "steps": e.adapt_steps}
