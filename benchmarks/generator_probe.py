@@ -5,7 +5,8 @@ either a collected dataset (``run_uri``) or ``--collect N`` training tasks colle
 with the collect stage's batched inner loop (no Ray needed: this is how GPU machines without Ray
 run it). Prints one JSON line: training tasks/s, a learning curve (``--eval-every`` seconds: query
 metric (MSE or accuracy) of one DDIM jump per segment end on the test tasks) and the final metric (mean, median, 95% CI half-width) on
-``--tasks`` unseen test tasks for three samplers: the DDPM chain (``ddpm``), one DDIM jump per
+``--tasks`` unseen test tasks (``--split``) for three samplers (and, for heads started at ProtoNet, ``start``:
+the ProtoNet heads themselves): the DDPM chain (``ddpm``), one DDIM jump per
 segment end (``ddim1``) and the DDPM chain with 8 candidates kept by support loss (``ddpm_n8``).
 
     python -m ltdi_ray collect collect.num_tasks=4000 storage.uri=/tmp/sin4g
@@ -27,6 +28,7 @@ from ltdi_ray.generator.api import WeightGenerator
 from ltdi_ray.generator.build import (DataFacts, build_diffusion, build_function_loss, build_model, make_normalizer,
                                       support_of)
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
+from ltdi_ray.models.heads import prototype_head
 from ltdi_ray.pipelines.backbone import ensure_backbone
 from ltdi_ray.tasks import make_family
 from ltdi_ray.storage.artifact import checkpoint_moments, stats_from_moments
@@ -66,6 +68,8 @@ def main() -> None:
                    help="a step budget instead (overrides --seconds; also the length of train.lr_schedule=cosine)")
     p.add_argument("--eval-every", type=float, default=0.0, help="seconds between learning-curve points")
     p.add_argument("--tasks", type=int, default=600)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="the scored episodes' split (train: fresh episodes after the collected ones)")
     p.add_argument("--overrides", nargs="*", default=[])
     args = p.parse_args()
     if bool(args.run_uri) == bool(args.collect):
@@ -88,12 +92,13 @@ def main() -> None:
     trainer = MetaTrainer(model, diffusion, store, cfg.train, total_steps=args.steps or None,
                           function_loss=build_function_loss(cfg, family, spec, norm))
     gen = WeightGenerator(cfg, spec, facts, model, norm, initial_theta(family, cfg.trajectory.init_seed)).to(device)
-    test = family.sample_many("test", range(args.tasks), cfg.collect.seed)
+    first = len(store) if args.split == "train" else 0
+    test = family.sample_many(args.split, range(first, first + args.tasks), cfg.collect.seed)
     sx, sy = support_of(test, family, device, raw=True)
 
-    def score(**kw):
+    def score(theta=None, **kw):
         model.eval()
-        metric = gen.query_metric(gen.generate_batch(sx, sy, seed=0, **kw), test)  # MSE or accuracy
+        metric = gen.query_metric(gen.generate_batch(sx, sy, seed=0, **kw) if theta is None else theta, test)
         model.train()
         ci95 = 1.96 * float(metric.std()) / len(metric) ** 0.5
         return [round(float(metric.mean()), 4), round(float(metric.median()), 4), round(ci95, 4)]
@@ -113,6 +118,8 @@ def main() -> None:
            "collect_s": round(collect_s, 1), "steps": step, "train_s": round(train_s, 1),
            "tasks_seen": step * cfg.train.meta_batch, "tasks_per_s": round(step * cfg.train.meta_batch / train_s, 1),
            "parameters": sum(p.numel() for p in model.parameters()), "curve": curve}
+    if cfg.trajectory.theta0 == "prototype":  # where every chain starts: the episode's ProtoNet head
+        out["start"] = score(prototype_head(*support_of(test, family, device), family.pool_classes))
     for name, kw in [("ddpm", {"sampler": "ddpm"}), ("ddim1", {"sampler": "ddim", "sample_steps": 1}),
                      ("ddpm_n8", {"sampler": "ddpm", "num_samples": 8})]:
         out[name] = score(**kw)

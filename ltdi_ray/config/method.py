@@ -30,9 +30,11 @@ class DiffusionConfig:
     parameterization: str = "x0"  # local_consistency only: eps | x0 | v
     weighting: str = "x0"  # local_consistency only: eps | mean | x0
     clip: Optional[float] = None  # local_consistency only: clip x0_hat while sampling
-    bridge_noise: float = 0.5  # bridge only: s, in normalised-weight units
+    # bridge only: s, in normalised-weight units; null = the measured default (Config.resolve_defaults:
+    # 0 for Omniglot heads started at their ProtoNet head, 0.5 elsewhere)
+    bridge_noise: Optional[float] = None
     bridge_residual: bool = True  # bridge only: the network predicts the step to the segment end
-    bridge_start_noise: float = 0.5  # bridge only: training noise on each segment's start (robust chains)
+    bridge_start_noise: Optional[float] = None  # bridge only: training noise on each segment's start; null as bridge_noise
     segment_draw: str = "all"  # bridge: all (every segment of every task per loss) | one (a random one per draw)
     sample_start_noise: float = 0.25  # bridge, num_samples > 1: spread of the candidates' starts around theta_0
     sampler: str = "ddim"  # ddpm | ddim
@@ -49,8 +51,9 @@ class DiffusionConfig:
         check(self.weighting in ("eps", "mean", "x0"), "diffusion.weighting",
               f"must be eps, mean or x0, got {self.weighting!r}")
         check(self.clip is None or self.clip > 0, "diffusion.clip", f"must be > 0 or null, got {self.clip}")
-        check(self.bridge_noise >= 0, "diffusion.bridge_noise", f"must be >= 0, got {self.bridge_noise}")
-        check(self.bridge_start_noise >= 0, "diffusion.bridge_start_noise", f"must be >= 0, got {self.bridge_start_noise}")
+        for key in ("bridge_noise", "bridge_start_noise"):
+            value = getattr(self, key)
+            check(value is None or value >= 0, f"diffusion.{key}", f"must be >= 0 or null, got {value}")
         check(self.sample_start_noise >= 0, "diffusion.sample_start_noise", f"must be >= 0, got {self.sample_start_noise}")
         check(self.segment_draw in ("all", "one"), "diffusion.segment_draw",
               f"must be all or one, got {self.segment_draw!r}")
