@@ -55,26 +55,6 @@ def test_omniglot_shots_plus_query_must_fit_twenty_drawings():
         load_config(["task=omniglot", "task.root=/x", "task.shots=16", "task.query_per_class=5"])
 
 
-def test_omniglot_heads_default_to_protonet_starts_and_noise_free_bridges():
-    from ltdi_ray.config.compose import config_from_plain, to_plain
-
-    def resolved(*overrides):
-        cfg = load_config(list(overrides))
-        return cfg.trajectory.theta0, cfg.diffusion.bridge_noise, cfg.diffusion.bridge_start_noise
-
-    head = ["task=omniglot", "task.root=/data/omni", "task.generate=head"]
-    assert resolved() == ("shared", 0.5, 0.5)
-    assert resolved("task=omniglot", "task.root=/data/omni") == ("shared", 0.5, 0.5)  # full networks
-    assert resolved(*head) == ("prototype", 0.0, 0.0)
-    assert resolved(*head, "trajectory.theta0=shared") == ("shared", 0.5, 0.5)  # noise follows the start
-    assert resolved(*head, "diffusion.bridge_noise=0.3") == ("prototype", 0.3, 0.0)
-    # checkpoints and Ray workers rebuild the resolved values, not the nulls
-    again = config_from_plain(to_plain(load_config(head)))
-    assert (again.trajectory.theta0, again.diffusion.bridge_noise) == ("prototype", 0.0)
-    with pytest.raises(ConfigError, match="'diffusion.bridge_noise': must be >= 0"):
-        load_config(["diffusion.bridge_noise=-0.1"])
-
-
 @settings(max_examples=40, deadline=None)
 @given(steps=st.integers(-5, 300), save_every=st.integers(-5, 300))
 def test_trajectory_validator_accepts_exactly_the_divisible_pairs(steps, save_every):
