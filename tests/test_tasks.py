@@ -136,3 +136,17 @@ def test_head_mode_generates_only_the_classifier_on_a_fixed_backbone(omniglot_ro
         _omniglot(omniglot_root, "task.generate=head").build_net()
     with pytest.raises(DataError, match="makes 5-way networks"):
         _omniglot(omniglot_root, "task.channels=8").build_net(ways=7)
+
+
+def test_head_features_are_computed_once_per_distinct_drawing(omniglot_root):
+    import torch
+
+    fam = _omniglot(omniglot_root, "task.generate=head", "task.channels=8", "task.backbone=random")
+    pools = fam.sample_many("train", range(40))["pool_x"]  # (40, 75, 28, 28): episodes share drawings
+    seen, features = [], fam.backbone.features
+    fam.backbone.features = lambda x: seen.append(len(x)) or features(x)  # counts what the backbone sees
+    feats = fam.to_torch(pools)
+    distinct = len(np.unique(pools.reshape(-1, 28 * 28), axis=0))
+    assert sum(seen) == distinct < pools.shape[0] * pools.shape[1]
+    torch.testing.assert_close(feats, fam.net_input(fam.decode(pools)), rtol=0, atol=1e-6)
+    assert fam.to_torch(pools[:0]).shape == (0, 75, 8)

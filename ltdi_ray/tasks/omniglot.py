@@ -129,6 +129,18 @@ class OmniglotFamily(TaskFamily):
     def decode(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
 
+    def to_torch(self, x: np.ndarray) -> torch.Tensor:
+        """Stored drawings ``(..., S, S)`` uint8 -> network inputs. Heads: the backbone sees each distinct
+        drawing once and its features are gathered back; episodes reuse the few thousand drawings of a
+        split (10,000 training episodes hold 750,000 pool drawings of at most 12,000 distinct images),
+        and the backbone is what the train stage spent its first minutes on."""
+        if self.cfg.generate == "full":
+            return super().to_torch(x)
+        flat = np.ascontiguousarray(x).reshape(-1, x.shape[-2] * x.shape[-1])
+        distinct, inverse = np.unique(flat.view(np.dtype((np.void, flat.shape[1])))[:, 0], return_inverse=True)
+        feats = self.net_input(self.decode(distinct.view(np.uint8).reshape(-1, *x.shape[-2:])))
+        return feats[torch.from_numpy(inverse.reshape(-1))].reshape(*x.shape[:-2], feats.shape[-1])
+
     @torch.no_grad()
     def net_input(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(..., S, S)`` in [0, 1] -> ``(..., 1, S, S)`` (``full``) or unit-length backbone features
@@ -140,7 +152,8 @@ class OmniglotFamily(TaskFamily):
         lead, backbone = x.shape[:-3], self.backbone.to(x.device)
         flat = x.reshape(-1, *x.shape[-3:])
         feats = [unit_length(backbone.features(chunk)) for chunk in flat.split(4096)]  # bounded activation memory
-        return (torch.cat(feats) if feats else flat.new_zeros(0, backbone.feature_dim)).reshape(*lead, -1)
+        feats = torch.cat(feats) if feats else flat.new_zeros(0, backbone.feature_dim)
+        return feats.reshape(*lead, backbone.feature_dim)
 
     def describe(self) -> dict:
         c = self.cfg
