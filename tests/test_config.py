@@ -14,6 +14,13 @@ def test_defaults_compose_to_validated_dataclasses():
     assert cfg.storage.uri.startswith("/") and cfg.storage.uri.endswith("ltdi_runs/sinusoid")
 
 
+def test_the_ridge_fit_defaults_on_with_fourier_features_and_refuses_to_run_without_them():
+    assert load_config([]).model.encoder_ridge == 1e-4
+    assert load_config(["model.encoder_fourier=0"]).model.encoder_ridge == 0
+    with pytest.raises(ConfigError, match=r"'model.encoder_ridge': needs model.encoder_fourier > 0"):
+        load_config(["model.encoder_fourier=0", "model.encoder_ridge=1e-3"])
+
+
 def test_smoke_experiment_and_task_group():
     cfg = load_config(["experiment=smoke", "task=omniglot", "task.root=/data/omni"])
     assert isinstance(cfg.task, OmniglotTaskConfig)
@@ -38,6 +45,7 @@ def test_s3_uri_is_kept_verbatim():
     ("storage.uri=/tmp/../etc", "storage.uri"),
     ("storage.endpoint_url=127.0.0.1:9000", "storage.endpoint_url"),
     ("task=omniglot", "task.root"),
+    ("model.encoder_ridge=-1", "model.encoder_ridge"),
 ])
 def test_bad_values_fail_at_compose_time_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:

@@ -49,6 +49,26 @@ def test_fourier_set_encoder_features_invariance_and_checkpointed_frequencies():
     assert SetEncoder(1, 1, 8, width=16).features(x, y).shape == (3, 5, 2)
 
 
+def test_ridge_set_encoder_solves_the_least_squares_fit_of_the_support():
+    enc = SetEncoder(1, 1, 8, width=16, fourier=16, fourier_scale=0.5, ridge=1e-3).double()
+    x = torch.rand(3, 10, 1, dtype=torch.float64) * 10 - 5
+    y = 2 * torch.sin(x - 0.3)
+    w = enc.ridge_fit(x, y)
+    assert w.shape == (3, 2 * 16)
+    phase = x @ enc.freqs
+    wave = torch.cat([phase.sin(), phase.cos()], dim=-1) / 16 ** 0.5
+    primal = torch.linalg.solve(wave.transpose(1, 2) @ wave + 1e-3 * torch.eye(32, dtype=torch.float64),
+                                wave.transpose(1, 2) @ y)  # the textbook (Phi^T Phi + lambda I)^-1 Phi^T y
+    torch.testing.assert_close(w, primal.flatten(1))
+    assert torch.diagonal(wave @ wave.transpose(1, 2), dim1=1, dim2=2).allclose(torch.ones(3, 10, dtype=torch.float64))
+    fitted = (wave @ w.unsqueeze(-1)).squeeze(-1)
+    assert (fitted - y[..., 0]).abs().max() < 0.05  # a smooth y, small lambda: the fit passes through the support
+    perm = torch.randperm(10)
+    torch.testing.assert_close(enc(x[:, perm], y[:, perm]), enc(x, y))
+    with pytest.raises(ValueError, match="needs fourier"):
+        SetEncoder(1, 1, 8, width=16, ridge=1e-3)
+
+
 def test_normalizer_round_trip_and_floor():
     mean, std = torch.randn(D), torch.rand(D)
     std[0] = 0.0

@@ -160,7 +160,8 @@ def test_a_checkpoint_that_does_not_fit_its_record_fails_naming_the_file(trained
 
 
 def test_a_checkpoint_from_before_fourier_features_loads_as_raw_inputs(trained, tmp_path):
-    """Checkpoints written before ``model.encoder_fourier`` existed have no such key: raw (x, y) encoders."""
+    """Checkpoints written before ``model.encoder_fourier`` (and ``encoder_ridge``) existed have no such
+    keys: raw (x, y) encoders."""
     from safetensors.torch import save
 
     from ltdi_ray.generator.build import build_model
@@ -168,13 +169,15 @@ def test_a_checkpoint_from_before_fourier_features_loads_as_raw_inputs(trained, 
     gen = ltdi_ray.load_generator(trained[1]["generator_uri"])
     old = _copy(Location.parse(trained[1]["generator_uri"]), Location.parse(str(tmp_path / "old")))
     meta = json.loads(old.read_bytes(META))
-    del meta["config"]["model"]["encoder_fourier"], meta["config"]["model"]["encoder_fourier_scale"]
+    for key in ("encoder_fourier", "encoder_fourier_scale", "encoder_ridge"):
+        del meta["config"]["model"][key]
     old.write_atomic(META, json.dumps(meta).encode())
-    gen.cfg.model.encoder_fourier = 0
+    gen.cfg.model.encoder_fourier, gen.cfg.model.encoder_ridge = 0, 0.0
     raw = build_model(gen.cfg, gen.family, gen.facts)
     old.write_atomic("model.safetensors", save({k: v.contiguous() for k, v in raw.state_dict().items()}))
     loaded = ltdi_ray.load_generator(str(old))
     assert loaded.cfg.model.encoder_fourier == 0 and loaded.model.encoder.freqs.shape[1] == 0
+    assert loaded.cfg.model.encoder_ridge == 0 and loaded.model.encoder.fit is None
 
 
 def test_train_refuses_a_dataset_collected_with_another_config(trained):

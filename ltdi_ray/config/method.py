@@ -70,6 +70,9 @@ class ModelConfig:
     encoder_width: int = 128
     encoder_fourier: int = 32  # regression: random Fourier features of x in the set encoder (0 = raw x, y only)
     encoder_fourier_scale: float = 0.5  # their frequencies' standard deviation, in units of 1 / x
+    # regression: lambda of a closed-form ridge fit of y on those features, an input of the encoder
+    # (0 = off; null = the measured default, Config.resolve_defaults)
+    encoder_ridge: Optional[float] = None
 
     def __post_init__(self) -> None:
         check(self.preset in PRESETS, "model.preset", f"must be one of {PRESETS}, got {self.preset!r}")
@@ -77,6 +80,8 @@ class ModelConfig:
         check(self.encoder_fourier >= 0, "model.encoder_fourier", f"must be >= 0, got {self.encoder_fourier}")
         check(self.encoder_fourier_scale > 0, "model.encoder_fourier_scale",
               f"must be > 0, got {self.encoder_fourier_scale}")
+        check(self.encoder_ridge is None or self.encoder_ridge >= 0, "model.encoder_ridge",
+              f"must be >= 0 or null, got {self.encoder_ridge}")
 
 
 @dataclass

@@ -208,6 +208,8 @@ class Config:
         self.resolve_defaults()
         check(not self.train.function_loss or self.diffusion.variant == "bridge", "train.function_loss",
               f"needs diffusion.variant=bridge (its loss predicts segment ends), got {self.diffusion.variant}")
+        check(not self.model.encoder_ridge or self.model.encoder_fourier > 0, "model.encoder_ridge",
+              "needs model.encoder_fourier > 0 (the ridge fit is over the Fourier features)")
         check(self.trajectory.theta0 != "prototype" or getattr(self.task, "generate", None) == "head",
               "trajectory.theta0", "prototype needs task=omniglot task.generate=head (a head on fixed features)")
         if isinstance(self.task, OmniglotTaskConfig):
@@ -219,7 +221,8 @@ class Config:
         """Fill the keys left null with the defaults measured for this task (README "Omniglot-242"):
         Omniglot heads start at each episode's ProtoNet head and, from there, bridge without noise
         (0.881 -> 0.906 on 1-shot); everything else starts at one shared theta_0 with s = 0.5 noise,
-        which keeps sinusoid chains on the data (README "Method choices")."""
+        which keeps sinusoid chains on the data (README "Method choices"). Regression encoders with
+        Fourier features also fit the support by ridge regression, lambda = 1e-4 (same section)."""
         head = getattr(self.task, "generate", None) == "head"
         if self.trajectory.theta0 is None:
             self.trajectory.theta0 = "prototype" if head else "shared"
@@ -227,6 +230,8 @@ class Config:
         for key in ("bridge_noise", "bridge_start_noise"):
             if getattr(self.diffusion, key) is None:
                 setattr(self.diffusion, key, noise)
+        if self.model.encoder_ridge is None:
+            self.model.encoder_ridge = 1e-4 if self.model.encoder_fourier > 0 else 0.0
 
 
 TASK_SCHEMAS = {"sinusoid": SinusoidTaskConfig, "omniglot": OmniglotTaskConfig}

@@ -214,8 +214,9 @@ def load_generator(uri: str, endpoint_url: Optional[str] = None, device: str = "
     loc = Location.parse(uri, endpoint_url)
     loc.check_reachable()
     meta = read_meta(loc)
-    # checkpoints written before model.encoder_fourier existed were built without Fourier features
+    # checkpoints written before model.encoder_fourier / encoder_ridge existed were built without them
     meta["config"].get("model", {}).setdefault("encoder_fourier", 0)
+    meta["config"].get("model", {}).setdefault("encoder_ridge", 0.0)
     cfg = config_from_plain(meta["config"])
     if endpoint_url is not None:
         cfg.storage.endpoint_url = endpoint_url

@@ -40,7 +40,7 @@ def build_model(cfg: Config, family: TaskFamily, facts: DataFacts) -> Generator:
         fields = family.fields()
         x_dim, y_dim = fields["pool_x"][0][-1], fields["pool_y"][0][-1]
         return Generator(SetEncoder(x_dim, y_dim, preset.cond_dim, width, cfg.model.encoder_fourier,
-                                    cfg.model.encoder_fourier_scale),
+                                    cfg.model.encoder_fourier_scale, cfg.model.encoder_ridge),
                          ResMLPDenoiser(facts.dim, cfg.diffusion.steps, preset))
     ways = cfg.task.ways
     if cfg.task.generate == "head":  # one token per class row (F weights + bias); F from the data

@@ -15,16 +15,26 @@ class SetEncoder(nn.Module):
     buffer, so it travels with the checkpoint), and their products with every y coordinate, so
     that the pooled features hold the moments a least-squares fit of y on them needs; a plain MLP
     on raw x has to learn both the oscillation and the product.
+
+    ``ridge = lambda > 0`` (needs F > 0) also solves that least-squares fit in closed form, a ridge
+    regression of y on the 2F waves (kernel ridge regression with the random-feature kernel, in its
+    dual: a K x K solve), and adds its coefficients ``(2F * out_dim,)`` to the pooled features. Mean
+    pooling alone gives the moments ``Phi^T y / K`` but not the inverse of the support's Gram matrix
+    that turns them into the fit, so without it more support points sharpen the condition little.
     """
 
     def __init__(self, in_dim: int, out_dim: int, cond_dim: int, width: int = 128, fourier: int = 0,
-                 fourier_scale: float = 1.0):
+                 fourier_scale: float = 1.0, ridge: float = 0.0):
         super().__init__()
+        if ridge > 0 and fourier == 0:
+            raise ValueError("SetEncoder: ridge > 0 needs fourier > 0 (the fit is over the Fourier features)")
         gen = torch.Generator().manual_seed(0)
         self.register_buffer("freqs", torch.randn(in_dim, fourier, generator=gen) * fourier_scale)
+        self.ridge = ridge
         feats = in_dim + out_dim + 2 * fourier * (1 + out_dim)
         self.point = nn.Sequential(nn.Linear(feats, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
                                    nn.Linear(width, width))
+        self.fit = nn.Linear(2 * fourier * out_dim, width) if ridge > 0 else None
         self.pool = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, cond_dim))
 
     def features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -34,8 +44,20 @@ class SetEncoder(nn.Module):
         cross = (y.unsqueeze(-1) * wave.unsqueeze(-2)).flatten(-2)  # (B, K, out_dim * 2F)
         return torch.cat([x, y, wave, cross], dim=-1)
 
+    def ridge_fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(B, K, in_dim), (B, K, out_dim) -> (B, 2F * out_dim)``: the coefficients
+        ``w = Phi^T (Phi Phi^T + lambda I)^-1 y`` of y on the waves ``Phi (B, K, 2F)``, scaled by
+        ``1 / sqrt(2F)`` so that the kernel ``Phi Phi^T`` has a unit diagonal whatever F is."""
+        phase = x @ self.freqs
+        wave = torch.cat([phase.sin(), phase.cos()], dim=-1) / phase.shape[-1] ** 0.5
+        gram = wave @ wave.transpose(1, 2) + self.ridge * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        return (wave.transpose(1, 2) @ torch.linalg.solve(gram, y)).flatten(1)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.point(self.features(x, y)).mean(dim=1))
+        pooled = self.point(self.features(x, y)).mean(dim=1)
+        if self.fit is not None:
+            pooled = pooled + self.fit(self.ridge_fit(x, y))
+        return self.pool(pooled)
 
 
 class ImagePrototypeEncoder(nn.Module):
