@@ -37,19 +37,23 @@ class SetEncoder(nn.Module):
         self.fit = nn.Linear(2 * fourier * out_dim, width) if ridge > 0 else None
         self.pool = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, cond_dim))
 
+    def waves(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K, in_dim) -> (B, K, 2F)``: ``sin(x B), cos(x B)``."""
+        phase = x @ self.freqs
+        return torch.cat([phase.sin(), phase.cos()], dim=-1)
+
     def features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(B, K, in_dim), (B, K, out_dim) -> (B, K, feats)`` (F = 0: just ``[x, y]``)."""
-        phase = x @ self.freqs
-        wave = torch.cat([phase.sin(), phase.cos()], dim=-1)  # (B, K, 2F)
+        wave = self.waves(x)  # (B, K, 2F)
         cross = (y.unsqueeze(-1) * wave.unsqueeze(-2)).flatten(-2)  # (B, K, out_dim * 2F)
         return torch.cat([x, y, wave, cross], dim=-1)
 
     def ridge_fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(B, K, in_dim), (B, K, out_dim) -> (B, 2F * out_dim)``: the coefficients
         ``w = Phi^T (Phi Phi^T + lambda I)^-1 y`` of y on the waves ``Phi (B, K, 2F)``, scaled by
-        ``1 / sqrt(2F)`` so that the kernel ``Phi Phi^T`` has a unit diagonal whatever F is."""
-        phase = x @ self.freqs
-        wave = torch.cat([phase.sin(), phase.cos()], dim=-1) / phase.shape[-1] ** 0.5
+        ``1 / sqrt(F)`` so that the kernel ``Phi Phi^T`` has a unit diagonal whatever F is (each
+        sin / cos pair adds 1)."""
+        wave = self.waves(x) / self.freqs.shape[1] ** 0.5
         gram = wave @ wave.transpose(1, 2) + self.ridge * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         return (wave.transpose(1, 2) @ torch.linalg.solve(gram, y)).flatten(1)
 
