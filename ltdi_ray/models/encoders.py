@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -13,8 +15,8 @@ class SetEncoder(nn.Module):
     the K pairs. ``fourier = F > 0`` adds random Fourier features of x (Tancik et al. 2020):
     ``sin(x B), cos(x B)`` with ``B (in_dim, F) ~ N(0, fourier_scale^2)`` fixed at construction (a
     buffer, so it travels with the checkpoint), and their products with every y coordinate, so
-    that the pooled features hold the moments a least-squares fit of y on them needs; a plain MLP
-    on raw x has to learn both the oscillation and the product.
+    that the pooled features hold the moments ``Phi^T y / K`` of a least-squares fit of y on them; a
+    plain MLP on raw x has to learn both the oscillation and the product.
 
     ``ridge = lambda > 0`` (needs F > 0) also solves that least-squares fit in closed form, a ridge
     regression of y on the 2F waves (kernel ridge regression with the random-feature kernel, in its
@@ -42,25 +44,27 @@ class SetEncoder(nn.Module):
         phase = x @ self.freqs
         return torch.cat([phase.sin(), phase.cos()], dim=-1)
 
-    def features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(B, K, in_dim), (B, K, out_dim) -> (B, K, feats)`` (F = 0: just ``[x, y]``)."""
-        wave = self.waves(x)  # (B, K, 2F)
+    def features(self, x: torch.Tensor, y: torch.Tensor, wave: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, K, in_dim), (B, K, out_dim) -> (B, K, feats)`` (F = 0: just ``[x, y]``); ``wave``:
+        ``self.waves(x)`` when the caller has it."""
+        wave = self.waves(x) if wave is None else wave  # (B, K, 2F)
         cross = (y.unsqueeze(-1) * wave.unsqueeze(-2)).flatten(-2)  # (B, K, out_dim * 2F)
         return torch.cat([x, y, wave, cross], dim=-1)
 
-    def ridge_fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def ridge_fit(self, x: torch.Tensor, y: torch.Tensor, wave: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(B, K, in_dim), (B, K, out_dim) -> (B, 2F * out_dim)``: the coefficients
         ``w = Phi^T (Phi Phi^T + lambda I)^-1 y`` of y on the waves ``Phi (B, K, 2F)``, scaled by
         ``1 / sqrt(F)`` so that the kernel ``Phi Phi^T`` has a unit diagonal whatever F is (each
-        sin / cos pair adds 1)."""
-        wave = self.waves(x) / self.freqs.shape[1] ** 0.5
+        sin / cos pair adds 1); ``wave`` as in :meth:`features`."""
+        wave = (self.waves(x) if wave is None else wave) / self.freqs.shape[1] ** 0.5
         gram = wave @ wave.transpose(1, 2) + self.ridge * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         return (wave.transpose(1, 2) @ torch.linalg.solve(gram, y)).flatten(1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pooled = self.point(self.features(x, y)).mean(dim=1)
+        wave = self.waves(x)  # once for both the pooled features and the fit
+        pooled = self.point(self.features(x, y, wave)).mean(dim=1)
         if self.fit is not None:
-            pooled = pooled + self.fit(self.ridge_fit(x, y))
+            pooled = pooled + self.fit(self.ridge_fit(x, y, wave))
         return self.pool(pooled)
 
 
