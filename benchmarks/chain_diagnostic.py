@@ -31,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(2)
     gen = load_generator(args.generator_uri)
     cfg = dataclasses.replace(gen.cfg, collect=dataclasses.replace(gen.cfg.collect, split="test"))
-    rows = make_batcher(cfg)(list(range(args.tasks)))  # true trajectories of the test tasks
+    rows = make_batcher(cfg, start=gen.theta0)(list(range(args.tasks)))  # true trajectories of the test tasks
     truth = torch.from_numpy(rows["checkpoints"])
     sx, sy = support_of(rows, gen.family, raw=True)
     qx, qy = gen.family.to_torch(rows["query_x"]), gen.family.targets_to_torch(rows["query_y"])

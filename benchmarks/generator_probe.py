@@ -30,23 +30,24 @@ from ltdi_ray.generator.build import (DataFacts, build_diffusion, build_function
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
 from ltdi_ray.models.heads import prototype_head
 from ltdi_ray.pipelines.backbone import ensure_backbone
+from ltdi_ray.pipelines.start import SHARED_MODES, dataset_start
 from ltdi_ray.tasks import make_family
 from ltdi_ray.storage.artifact import checkpoint_moments, stats_from_moments
 from ltdi_ray.trajectories import initial_theta
 
 
 def dataset_rows(cfg):
-    """Rows, norm stats, ParamSpec and saved steps of the collected dataset at ``storage.uri``."""
+    """Rows, norm stats, ParamSpec, saved steps and shared theta_0 (or None) of the dataset at ``storage.uri``."""
     from ltdi_ray.pipelines.train import open_dataset  # imports Ray
     from ltdi_ray.storage.artifact import read_norm_stats
 
     ds = open_dataset(cfg)
     rows = ds.load(["checkpoints", "pool_x", "pool_y", "support_idx"])
-    return rows, read_norm_stats(ds.loc), ds.spec, ds.manifest["steps"]
+    return rows, read_norm_stats(ds.loc), ds.spec, ds.manifest["steps"], dataset_start(ds.loc, ds.manifest)
 
 
 def collected_rows(cfg, num_tasks: int, device: str, batch: int = 4096):
-    """The same rows and statistics, collected in-process on ``device`` (stats as the collect stage)."""
+    """The same, collected in-process on ``device`` (stats as the collect stage; ``reptile`` starts meta-trained here)."""
     from ltdi_ray.pipelines.collect import make_batcher
 
     batcher = make_batcher(cfg, device)
@@ -54,7 +55,8 @@ def collected_rows(cfg, num_tasks: int, device: str, batch: int = 4096):
     rows = {k: np.concatenate([p[k] for p in parts]) for k in ["checkpoints", "pool_x", "pool_y", "support_idx"]}
     mean, std, _ = stats_from_moments(*checkpoint_moments(rows["checkpoints"]))
     stats = {"mean": mean, "std": std}
-    return rows, stats, batcher.spec, list(batcher.opt.checkpoint_steps)
+    start = batcher.shared_theta0.cpu() if cfg.trajectory.theta0 in SHARED_MODES else None
+    return rows, stats, batcher.spec, list(batcher.opt.checkpoint_steps), start
 
 
 def main() -> None:
@@ -79,7 +81,7 @@ def main() -> None:
     cfg = ensure_backbone(load_config(([f"storage.uri={args.run_uri}"] if args.run_uri else []) + list(args.overrides)))
     torch.manual_seed(cfg.train.seed)  # the generator's initial weights, as in the train stage
     tic = time.time()
-    rows, stats, spec, steps = dataset_rows(cfg) if args.run_uri else collected_rows(cfg, args.collect, args.device)
+    rows, stats, spec, steps, start = dataset_rows(cfg) if args.run_uri else collected_rows(cfg, args.collect, args.device)
     collect_s = time.time() - tic
     diffusion, family = build_diffusion(cfg), make_family(cfg.task)
     norm = make_normalizer(cfg, stats["mean"], stats["std"]).to(device)
@@ -91,7 +93,8 @@ def main() -> None:
     model = build_model(cfg, family, facts).to(device)
     trainer = MetaTrainer(model, diffusion, store, cfg.train, total_steps=args.steps or None,
                           function_loss=build_function_loss(cfg, family, spec, norm))
-    gen = WeightGenerator(cfg, spec, facts, model, norm, initial_theta(family, cfg.trajectory.init_seed)).to(device)
+    theta0 = initial_theta(family, cfg.trajectory.init_seed) if start is None else start
+    gen = WeightGenerator(cfg, spec, facts, model, norm, theta0).to(device)
     first = len(store) if args.split == "train" else 0
     test = family.sample_many(args.split, range(first, first + args.tasks), cfg.collect.seed)
     sx, sy = support_of(test, family, device, raw=True)

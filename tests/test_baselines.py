@@ -20,7 +20,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def batcher():
-    return make_batcher(load_config([]))
+    return make_batcher(load_config(["trajectory.theta0=shared"]))  # the baselines start at the base init
 
 
 def episodes(batcher, split, ids, queries=None):

@@ -46,6 +46,9 @@ def test_s3_uri_is_kept_verbatim():
     ("storage.endpoint_url=127.0.0.1:9000", "storage.endpoint_url"),
     ("task=omniglot", "task.root"),
     ("model.encoder_ridge=-1", "model.encoder_ridge"),
+    ("start.meta_steps=0", "start.meta_steps"),
+    ("start.inner_lr=0", "start.inner_lr"),
+    ("trajectory.theta0=maml", "trajectory.theta0"),
 ])
 def test_bad_values_fail_at_compose_time_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -108,7 +111,7 @@ def test_omniglot_heads_default_to_protonet_starts_and_noise_free_bridges():
         return cfg.trajectory.theta0, cfg.diffusion.bridge_noise, cfg.diffusion.bridge_start_noise
 
     head = ["task=omniglot", "task.root=/data/omni", "task.generate=head"]
-    assert resolved() == ("shared", 0.5, 0.5)
+    assert resolved() == ("reptile", 0.5, 0.5)  # sinusoid: a meta-learned start
     assert resolved("task=omniglot", "task.root=/data/omni") == ("shared", 0.5, 0.5)  # full networks
     assert resolved(*head) == ("prototype", 0.0, 0.0)
     assert resolved(*head, "trajectory.theta0=shared") == ("shared", 0.5, 0.5)  # noise follows the start

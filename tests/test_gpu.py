@@ -19,7 +19,7 @@ def _needs_cuda():
 @pytest.mark.parametrize("family", ["sinusoid", "omniglot"])
 def test_cuda_trajectories_match_cpu(family, omniglot_root):
     extra = ["task=omniglot", f"task.root={omniglot_root}", "task.channels=8"] if family == "omniglot" else []
-    cfg = load_config([*extra, "trajectory.steps=20", "trajectory.save_every=10"])
+    cfg = load_config([*extra, "trajectory.steps=20", "trajectory.save_every=10", "trajectory.theta0=shared"])
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # compare full float32
     cpu = make_batcher(cfg, "cpu")(np.arange(16))
     gpu = make_batcher(cfg, "cuda")(np.arange(16))

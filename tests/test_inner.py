@@ -6,7 +6,7 @@ from ltdi_ray.config import load_config
 from ltdi_ray.nets import ParamSpec
 from ltdi_ray.pipelines.collect import make_batcher
 from ltdi_ray.tasks import make_family
-from ltdi_ray.trajectories import InnerOptimizer, initial_theta, make_loss, run_batched, run_per_task
+from ltdi_ray.trajectories import InnerOptimizer, TrajectoryBatcher, initial_theta, make_loss, run_batched, run_per_task
 
 
 @pytest.mark.parametrize("opt", [
@@ -47,7 +47,7 @@ def test_batched_matches_reference_for_the_conv_net(omniglot_root):
 
 
 def test_batcher_rows_shared_and_per_task_theta0():
-    cfg = load_config(["trajectory.steps=40", "trajectory.save_every=10"])
+    cfg = load_config(["trajectory.steps=40", "trajectory.save_every=10", "trajectory.theta0=shared"])
     rows = make_batcher(cfg)(np.array([3, 1, 2]))
     assert rows["checkpoints"].shape == (3, 5, 1761) and rows["steps"][0].tolist() == [0, 10, 20, 30, 40]
     assert np.array_equal(rows["checkpoints"][0, 0], rows["checkpoints"][2, 0])  # shared theta_0
@@ -59,9 +59,22 @@ def test_batcher_rows_shared_and_per_task_theta0():
     assert not np.array_equal(per_task["checkpoints"][0, 0], per_task["checkpoints"][1, 0])
 
 
+def test_a_reptile_batcher_starts_every_task_at_the_start_it_is_given():
+    cfg = load_config(["trajectory.steps=10", "trajectory.save_every=5", "start.meta_steps=3", "start.tasks=16"])
+    assert cfg.trajectory.theta0 == "reptile"
+    start = torch.randn(1761)
+    rows = make_batcher(cfg, start=start)(np.array([0, 5]))
+    assert (rows["checkpoints"][:, 0] == start.numpy()).all()
+    trained = make_batcher(cfg)  # no start given: meta-trained from the base init (3 Reptile steps here)
+    assert not torch.equal(trained.shared_theta0, initial_theta(trained.family, 0))
+    with pytest.raises(ValueError, match="needs its meta-learned start"):
+        TrajectoryBatcher(trained.family, trained.opt, "train", 0, "reptile")
+
+
 def test_diverging_inner_loop_is_reported_with_task_ids():
     from ltdi_ray.errors import DataError
 
-    cfg = load_config(["trajectory.optimizer=sgd", "trajectory.lr=1e6", "trajectory.steps=10", "trajectory.save_every=5"])
+    cfg = load_config(["trajectory.optimizer=sgd", "trajectory.lr=1e6", "trajectory.steps=10", "trajectory.save_every=5",
+                       "trajectory.theta0=shared"])
     with pytest.raises(DataError, match="diverged .* lower trajectory.lr"):
         make_batcher(cfg)(np.arange(4))

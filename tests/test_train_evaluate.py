@@ -17,9 +17,10 @@ from ltdi_ray.pipelines.collect import run_collect
 from ltdi_ray.pipelines import evaluate as evaluate_stage
 from ltdi_ray.pipelines.evaluate import run_evaluate
 from ltdi_ray.pipelines.plot import run_plot
+from ltdi_ray.pipelines.start import meta_init, read_start
 from ltdi_ray.pipelines.train import run_train
 from ltdi_ray.storage.fs import Location
-from ltdi_ray.trajectories import evaluate
+from ltdi_ray.trajectories import evaluate, initial_theta
 
 SMOKE = ["experiment=smoke", "collect.num_tasks=32", "collect.batch_size=16", "collect.num_actors=1"]
 
@@ -45,6 +46,8 @@ def test_train_publishes_a_complete_tensor_only_checkpoint(trained):
     assert meta["config"]["diffusion"]["segments"] == 3 and meta["num_train_tasks"] == 32
     state = read_train_state(loc)  # loads with weights_only=True
     assert state["epoch"] == 1 and "state" in state["optimizer"]
+    stored, _ = read_start(Location.parse(cfg.storage.uri).child("trajectories"))
+    assert torch.equal(ltdi_ray.load_generator(str(loc)).theta0, stored)  # chains start where the trajectories did
 
 
 
@@ -221,15 +224,16 @@ def test_baselines_meta_trained_as_concurrent_ray_tasks_equal_the_in_process_run
 
     cfg, summary = trained
     gen = ltdi_ray.load_generator(summary["generator_uri"])
+    base = initial_theta(gen.family, gen.cfg.trajectory.init_seed)
+    assert not torch.equal(gen.theta0, base)  # the trajectories started at the Reptile-learned start (the default)
     refs = evaluate_stage._start_meta_inits(cfg, gen, ["fomaml", "maml", "reptile"])
     assert list(refs) == ["reptile", "maml", "fomaml"]  # longest first: 5 inner steps, then second order
     pools = evaluate_stage._training_pools(cfg, gen)
     for method, ref in refs.items():
         theta, settings = ray.get(ref)
         assert settings["threads"] == 1 and settings["method"] == method
-        local, _ = evaluate_stage._meta_init(gen.loss, gen.theta0, pools, 1, settings["support"],
-                                             evaluate_stage._baseline_config(cfg, method))
-        assert not torch.equal(local, gen.theta0)
+        local, _ = meta_init(gen.loss, base, pools, 1, settings["support"], evaluate_stage._baseline_config(cfg, method))
+        assert not torch.equal(local, base)  # the baselines meta-train from the base net's own init
         torch.testing.assert_close(theta, local, atol=1e-6, rtol=1e-5)  # 1 thread there, the session's here
 
 

@@ -97,7 +97,9 @@ class TrainConfig:
     inner_lr: float = 0.005  # reptile inner SGD learning rate
     reptile_chunk: Optional[int] = None  # reptile: tasks adapted at once; None: 16 on CPU, all on a GPU (measured)
     lr: float = 1e-3  # outer Adam learning rate
-    lr_schedule: str = "constant"  # constant | cosine (to 0 over epochs x steps_per_epoch outer steps)
+    # cosine (to 0 over epochs x steps_per_epoch outer steps) | constant; cosine measured better once
+    # trajectories start at the Reptile-learned theta_0 (README "Method choices")
+    lr_schedule: str = "cosine"
     resample_support: bool = True  # condition on a fresh K-subset of the task's pool every step
     # weight of the function-space term (meta/function_loss.py); 0 = weight space only; None = the
     # measured default (schema.function_loss_weight: 0.1 for sinusoid, 0 for Omniglot, not measured there)

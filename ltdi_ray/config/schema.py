@@ -103,8 +103,9 @@ class TrajectoryConfig:
     steps: int = 100  # M
     save_every: int = 10  # C = M / save_every + 1 checkpoints per task
     sam_rho: float = 0.0  # > 0 turns on sharpness-aware minimisation with this radius
-    # shared | per_task | prototype (Omniglot heads: each task starts at its ProtoNet head);
-    # null = the measured default (Config.resolve_defaults: prototype for heads, shared elsewhere)
+    # shared (one draw of the base net's init) | per_task | prototype (Omniglot heads: each task starts at
+    # its ProtoNet head) | reptile (one start meta-learned by Reptile on the training tasks, `start` keys);
+    # null = the measured default (Config.resolve_defaults: prototype for heads, reptile for sinusoid, else shared)
     theta0: Optional[str] = None
     init_seed: int = 0  # seed of the shared theta_0
 
@@ -115,8 +116,30 @@ class TrajectoryConfig:
         check(self.save_every >= 1 and self.steps % self.save_every == 0, "trajectory.save_every",
               f"must be >= 1 and divide trajectory.steps ({self.steps}), got {self.save_every}")
         check(self.sam_rho >= 0, "trajectory.sam_rho", f"must be >= 0, got {self.sam_rho}")
-        check(self.theta0 in (None, "shared", "per_task", "prototype"), "trajectory.theta0",
-              f"must be shared, per_task or prototype, got {self.theta0!r}")
+        check(self.theta0 in (None, "shared", "per_task", "prototype", "reptile"), "trajectory.theta0",
+              f"must be shared, per_task, prototype or reptile, got {self.theta0!r}")
+
+
+@dataclass
+class StartConfig:
+    """Reptile meta-training of the trajectories' shared start when ``trajectory.theta0=reptile``
+    (DESIGN 2.2's theta_0; README "Method choices"). The defaults are the Reptile baseline's
+    (``evaluate.baseline``), kept apart so that tuning the baselines does not change a dataset."""
+
+    tasks: int = 10000  # training tasks (ids 0..tasks-1 of collect.split) it meta-trains on, fixed when first made
+    meta_steps: int = 20000  # outer Adam steps
+    meta_batch: int = 25  # tasks per outer step
+    inner_steps: int = 5  # SGD steps per task on its support + query points
+    inner_lr: float = 0.01
+    outer_lr: float = 1e-3
+    seed: int = 0  # the task and point draws
+
+    def __post_init__(self) -> None:
+        for key in ("tasks", "meta_steps", "meta_batch", "inner_steps"):
+            check(getattr(self, key) >= 1, f"start.{key}", f"must be >= 1, got {getattr(self, key)}")
+        for key in ("inner_lr", "outer_lr"):
+            value = getattr(self, key)
+            check(value > 0 and math.isfinite(value), f"start.{key}", f"must be a positive number, got {value}")
 
 
 @dataclass
@@ -193,6 +216,7 @@ class Config:
     task: Any = MISSING
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    start: StartConfig = field(default_factory=StartConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -220,12 +244,14 @@ class Config:
     def resolve_defaults(self) -> None:
         """Fill the keys left null with the defaults measured for this task (README "Omniglot-242"):
         Omniglot heads start at each episode's ProtoNet head and, from there, bridge without noise
-        (0.881 -> 0.906 on 1-shot); everything else starts at one shared theta_0 with s = 0.5 noise,
-        which keeps sinusoid chains on the data (README "Method choices"). Regression encoders with
+        (0.881 -> 0.906 on 1-shot); sinusoid trajectories start at a Reptile-learned theta_0 (10 shots:
+        0.232 -> 0.018); everything else at one shared draw of the base net's init; all but the heads
+        with s = 0.5 noise, which keeps sinusoid chains on the data (README "Method choices"). Regression encoders with
         Fourier features also fit the support by ridge regression, lambda = 1e-4 (same section)."""
         head = getattr(self.task, "generate", None) == "head"
         if self.trajectory.theta0 is None:
-            self.trajectory.theta0 = "prototype" if head else "shared"
+            sinusoid = isinstance(self.task, SinusoidTaskConfig)
+            self.trajectory.theta0 = "prototype" if head else "reptile" if sinusoid else "shared"
         noise = 0.0 if head and self.trajectory.theta0 == "prototype" else 0.5
         for key in ("bridge_noise", "bridge_start_noise"):
             if getattr(self.diffusion, key) is None:

@@ -7,10 +7,11 @@ and writes the manifest last. A complete dataset makes a re-run a no-op.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,7 @@ from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
 from ltdi_ray.trajectories import InnerOptimizer, TrajectoryBatcher
 from ltdi_ray.pipelines.backbone import ensure_backbone
+from ltdi_ray.pipelines.start import START, compute_start, ensure_start
 
 log = logging.getLogger("ltdi_ray")
 
@@ -37,22 +39,26 @@ def inner_optimizer(cfg: Config) -> InnerOptimizer:
     return InnerOptimizer(optimizer=t.optimizer, lr=t.lr, steps=t.steps, save_every=t.save_every, sam_rho=t.sam_rho)
 
 
-def make_batcher(cfg: Config, device: str = "cpu") -> TrajectoryBatcher:
-    """The plain-torch batch collector for ``cfg`` (used in-process by tests and benchmarks)."""
+def make_batcher(cfg: Config, device: str = "cpu", start: Optional["torch.Tensor"] = None) -> TrajectoryBatcher:  # noqa: F821
+    """The plain-torch batch collector for ``cfg`` (used in-process by tests and benchmarks); ``start``
+    ``(D,)``: the shared theta_0, computed from ``cfg`` when not given (``reptile``: meta-trained here)."""
     family = make_family(cfg.task, cfg.storage.endpoint_url)
+    if start is None:
+        start, _ = compute_start(cfg, family)
     return TrajectoryBatcher(family, inner_optimizer(cfg), cfg.collect.split, cfg.collect.seed,
-                             cfg.trajectory.theta0, cfg.trajectory.init_seed, device)
+                             cfg.trajectory.theta0, cfg.trajectory.init_seed, device, start)
 
 
 class TrajectoryCollector:
     """Ray Data actor: owns the device and the batched inner loop; ids in, Arrow rows out."""
 
-    def __init__(self, cfg: Config, num_threads: int, use_gpu: bool):
+    def __init__(self, cfg: Config, num_threads: int, use_gpu: bool, start: Optional[np.ndarray]):
         import torch
 
         torch.set_num_threads(num_threads)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.batcher = make_batcher(cfg, device)
+        shared = None if start is None else torch.from_numpy(start.copy())  # object-store arrays are read-only
+        self.batcher = make_batcher(cfg, device, shared)
         self.family, self.split = cfg.task.family, cfg.collect.split
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> pa.Table:
@@ -64,8 +70,11 @@ class TrajectoryCollector:
 
 def fingerprint(cfg: Config) -> dict:
     """Everything that determines the rows' contents (not how the work is spread)."""
-    return {"format_version": FORMAT_VERSION, "task": to_plain(cfg.task), "trajectory": to_plain(cfg.trajectory),
-            "split": cfg.collect.split, "seed": cfg.collect.seed}
+    out = {"format_version": FORMAT_VERSION, "task": to_plain(cfg.task), "trajectory": to_plain(cfg.trajectory),
+           "split": cfg.collect.split, "seed": cfg.collect.seed}
+    if cfg.trajectory.theta0 == "reptile":  # only then: datasets made before the key existed still match
+        out["start"] = to_plain(cfg.start)
+    return out
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> List[str]:
@@ -120,7 +129,7 @@ def _scan_existing(loc: Location) -> List[PartSummary]:
     return parts
 
 
-def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray) -> List[PartSummary]:
+def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray, start: Optional[np.ndarray]) -> List[PartSummary]:
     import ray
 
     from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
@@ -144,7 +153,7 @@ def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray) -> List[Pa
     ds = ray.data.from_blocks(blocks).map_batches(
         TrajectoryCollector, batch_size=c.batch_size, batch_format="numpy",
         fn_constructor_kwargs={"cfg": cfg, "num_threads": max(1, int(c.cpus_per_actor)),
-                               "use_gpu": c.gpus_per_actor > 0},
+                               "use_gpu": c.gpus_per_actor > 0, "start": start},
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor)
     # Writers ask for no CPU slot: a collector pool that fills the cluster cannot starve them.
     ds = ds.map_batches(PartWriter, batch_size=None, batch_format="pyarrow",
@@ -155,7 +164,7 @@ def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray) -> List[Pa
 
 
 def _finalise(loc: Location, cfg: Config, parts: List[PartSummary], spec: ParamSpec, family_info: dict,
-              schema: dict) -> dict:
+              schema: dict, start_record: dict) -> dict:
     ids = np.concatenate([p.task_ids for p in parts])
     if len(np.unique(ids)) != len(ids):
         raise DataError(f"duplicate task ids across the data files of {loc}; the dataset is corrupt")
@@ -170,7 +179,9 @@ def _finalise(loc: Location, cfg: Config, parts: List[PartSummary], spec: ParamS
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "family": cfg.task.family, "split": cfg.collect.split, "num_tasks": expected, "num_files": len(parts),
         "param_spec": spec.to_json(), "num_checkpoints": opt.num_checkpoints, "steps": opt.checkpoint_steps,
-        "theta0": {"mode": cfg.trajectory.theta0, "init_seed": cfg.trajectory.init_seed},
+        "theta0": {"mode": cfg.trajectory.theta0, "init_seed": cfg.trajectory.init_seed,
+                   **({"path": START, "sha256": hashlib.sha256(loc.read_bytes(START)).hexdigest(), **start_record}
+                      if start_record else {})},
         "config": fingerprint(cfg), "task_family": family_info, "schema": schema,
         "norm_stats": {"path": "_norm_stats.safetensors", "sha256": stats_sha, "count": count,
                        "over": "checkpoints 1..C-1 of every task"},
@@ -205,8 +216,10 @@ def run_collect(cfg: Config) -> dict:
     done = np.concatenate([p.task_ids for p in existing]) if existing else np.zeros(0, np.int64)
     missing = np.setdiff1d(np.arange(cfg.collect.num_tasks, dtype=np.int64), done)
     log.info("collect: %s has %d of %d tasks", loc, cfg.collect.num_tasks - len(missing), cfg.collect.num_tasks)
-    new = _collect_missing(cfg, loc, missing) if len(missing) else []
-    manifest = _finalise(loc, cfg, existing + new, spec, family.describe(), row_schema(cfg, family, spec))
+    theta0, start_record = ensure_start(cfg, loc, family)  # before the first trajectory; a re-run reads it back
+    new = _collect_missing(cfg, loc, missing, None if theta0 is None else theta0.numpy()) if len(missing) else []
+    manifest = _finalise(loc, cfg, existing + new, spec, family.describe(), row_schema(cfg, family, spec),
+                         start_record)
     log.info("collect: wrote %s (%d files, D=%d)", loc.child(MANIFEST), len(manifest["files"]), spec.dim)
     return {**summary, "tasks": manifest["num_tasks"], "new_tasks": int(sum(p.rows for p in new)),
             "files": manifest["num_files"], "dim": spec.dim, "checkpoints": manifest["num_checkpoints"],

@@ -1,6 +1,6 @@
 """The evaluate stage: every method of DESIGN 2.6 on the same unseen tasks, one table.
 
-Methods: ``init`` (theta_0), ``finetune`` (the collection optimiser from theta_0 on the support),
+Methods: ``init`` (the base net's initialisation), ``finetune`` (the collection optimiser from it on the support),
 ``maml`` / ``fomaml`` / ``reptile`` (meta-learned inits trained on the dataset's training tasks,
 then ``evaluate.adapt_steps`` SGD steps), ``single_level`` and ``vanilla`` (generators trained
 like the evaluated one but with ``train.meta=none``, resp. plain diffusion on theta_M:
@@ -18,7 +18,6 @@ import time
 from dataclasses import replace
 from typing import Callable, Dict, Tuple
 
-import numpy as np
 import torch
 
 from ltdi_ray.config.compose import config_from_plain, to_plain
@@ -28,14 +27,13 @@ from ltdi_ray.generator.api import WeightGenerator, load_generator
 from ltdi_ray.generator.build import support_of
 from ltdi_ray.models.heads import prototype_head
 from ltdi_ray.generator.checkpoint import read_meta
-from ltdi_ray.meta.baselines import METHODS as META_INITS, MetaInitConfig, adapt, train_meta_init
-from ltdi_ray.meta.trainer import draw_picks
-from ltdi_ray.trajectories.batch import pick_points
+from ltdi_ray.meta.baselines import METHODS as META_INITS, MetaInitConfig, adapt
 from ltdi_ray.pipelines.collect import inner_optimizer
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
-from ltdi_ray.trajectories import run_batched
+from ltdi_ray.trajectories import initial_theta, run_batched
 from ltdi_ray.pipelines.backbone import ensure_backbone
+from ltdi_ray.pipelines.start import meta_init
 
 log = logging.getLogger("ltdi_ray")
 # vanilla diffusion: x0 prediction (the stable one) and the full stochastic DDPM chain, the sampler that
@@ -125,32 +123,10 @@ def _baseline_config(cfg: Config, method: str) -> MetaInitConfig:
                           inner_lr=b.inner_lr, outer_lr=b.outer_lr, seed=cfg.train.seed)
 
 
-def _meta_init(loss, theta0: torch.Tensor, pools, classes: int, shots: int,
-               mcfg: MetaInitConfig) -> Tuple[torch.Tensor, dict]:
-    """Train one of MAML / first-order MAML / Reptile on the training tasks' pools ``(N, P, ...)``
-    (``shots`` support points per class, ``classes`` per pool); returns (theta ``(D,)``, settings)."""
-    px, py = pools
-    queries = 10 if classes == 1 else min(5, px.shape[1] // classes - shots)  # per class
-
-    def sample_batch(step: int):
-        rng = np.random.default_rng([mcfg.seed, step, 7])
-        idx = torch.as_tensor(rng.integers(0, len(px), size=mcfg.meta_batch))
-        pick = torch.as_tensor(draw_picks(rng, mcfg.meta_batch, px.shape[1], shots + queries, classes))
-        s, q = pick[:, :, :shots].flatten(1), pick[:, :, shots:].flatten(1)
-        return pick_points(px, idx, s), pick_points(py, idx, s), pick_points(px, idx, q), pick_points(py, idx, q)
-
-    tic = time.perf_counter()
-    theta, history = train_meta_init(loss, theta0, sample_batch, mcfg)
-    settings = {**mcfg.describe(), "train_tasks": len(px), "support": shots * classes, "outer_query": queries * classes,
-                "meta_train_s": round(time.perf_counter() - tic, 1),
-                "outer_loss_first_last": [round(history[0], 4), round(float(np.mean(history[-50:])), 4)]}
-    return theta, settings
-
-
 def _meta_init_task(threads: int, *args) -> Tuple[torch.Tensor, dict]:
-    """:func:`_meta_init` as a Ray task: torch's intra-op threads capped at the task's CPUs."""
+    """:func:`~ltdi_ray.pipelines.start.meta_init` as a Ray task: torch's intra-op threads capped at the task's CPUs."""
     torch.set_num_threads(threads)
-    theta, settings = _meta_init(*args)
+    theta, settings = meta_init(*args)
     return theta, {**settings, "threads": threads}
 
 
@@ -176,7 +152,8 @@ def _start_meta_inits(cfg: Config, gen: WeightGenerator, methods) -> Dict[str, "
     pools = ray.put(_training_pools(cfg, gen))
     task = ray.remote(num_cpus=b.cpus)(_meta_init_task).options(name="ltdi_ray.meta_init")
     threads = max(1, int(b.cpus))
-    return {m: task.remote(threads, gen.loss, gen.theta0, pools, classes, shots, configs[m])
+    base = initial_theta(gen.family, gen.cfg.trajectory.init_seed)
+    return {m: task.remote(threads, gen.loss, base, pools, classes, shots, configs[m])
             for m in sorted(methods, key=lambda m: -cost[m])}
 
 
@@ -214,6 +191,9 @@ def run_evaluate(cfg: Config) -> dict:
     raw_sx, sy = support_of(episodes, fam, raw=True)  # what generate_batch takes
     sx = fam.net_input(raw_sx)  # what the nets take (Omniglot heads: features, computed once)
     n = e.num_tasks
+    # init, finetune and the meta-learned baselines start at the base net's own initialisation, whatever
+    # theta_0 the generator's trajectories started at (trajectory.theta0=reptile: a meta-learned one)
+    base = initial_theta(fam, gen.cfg.trajectory.init_seed)
     results: Dict[str, dict] = {}
     settings: Dict[str, dict] = {}
     per_task: Dict[str, torch.Tensor] = {}
@@ -231,11 +211,11 @@ def run_evaluate(cfg: Config) -> dict:
     meta_inits = _start_meta_inits(cfg, gen, [m for m in applied if m in META_INITS])
     for method in applied:
         if method == "init":
-            score(method, lambda: view.theta0.expand(n, -1))
+            score(method, lambda: base.expand(n, -1))
         elif method == "finetune":
             opt = inner_optimizer(gen.cfg)
             settings[method] = {"optimizer": opt.optimizer, "lr": opt.lr, "steps": opt.steps, "data": "support"}
-            score(method, lambda: run_batched(view.loss, view.theta0.expand(n, -1), sx, sy,
+            score(method, lambda: run_batched(view.loss, base.expand(n, -1), sx, sy,
                                               replace(opt, save_every=opt.steps))[:, -1])
         elif method in META_INITS:
             with user_errors_from_ray():

@@ -122,7 +122,7 @@ def run_plot(cfg: Config) -> dict:
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     gen = load_generator(str(root.child("generator")), cfg.storage.endpoint_url)
     run_cfg = dataclasses.replace(gen.cfg, collect=dataclasses.replace(gen.cfg.collect, split="test"))
-    rows = make_batcher(run_cfg)(list(range(cfg.plot.tasks)))  # the true trajectories of the first test tasks
+    rows = make_batcher(run_cfg, start=gen.theta0)(list(range(cfg.plot.tasks)))  # the first test tasks, true trajectories
     truth = torch.from_numpy(rows["checkpoints"])
     sx, sy = support_of(rows, gen.family, raw=True)
     chain = gen.generate_chain(sx, sy, seed=0)

@@ -28,6 +28,7 @@ from ltdi_ray.storage.artifact import read_norm_stats
 from ltdi_ray.storage.dataset import TrajectoryDataset
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.pipelines.backbone import ensure_backbone
+from ltdi_ray.pipelines.start import dataset_start
 
 log = logging.getLogger("ltdi_ray")
 COLUMNS = ["task_id", "checkpoints", "pool_x", "pool_y", "support_idx"]
@@ -109,6 +110,11 @@ def checkpoint_location(checkpoint, root: Location) -> Location:
                     root.endpoint_url)
 
 
+def _start_array(ds: TrajectoryDataset) -> Optional[np.ndarray]:
+    start = dataset_start(ds.loc, ds.manifest)
+    return None if start is None else start.numpy()
+
+
 def prepare_training(cfg: Config) -> Tuple[Location, dict, dict]:
     """Open and check the dataset, start Ray, read the shards: ``(root, loop_config, datasets)``."""
     from ltdi_ray.generator.build import build_diffusion
@@ -122,7 +128,7 @@ def prepare_training(cfg: Config) -> Tuple[Location, dict, dict]:
     ensure_ray(cfg.ray)
     loop_config = {"cfg": to_plain(cfg), "mean": stats["mean"], "std": stats["std"], "indices": indices,
                    "checkpoint_steps": ds.manifest["steps"], "param_spec": ds.manifest["param_spec"],
-                   "dataset": str(ds.loc), "num_tasks": ds.num_tasks}
+                   "dataset": str(ds.loc), "num_tasks": ds.num_tasks, "theta0": _start_array(ds)}
     return root, loop_config, shard_datasets(ds, indices, cfg.train.num_workers)
 
 

@@ -88,7 +88,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     facts = DataFacts(dim=spec.dim, checkpoint_steps=list(loop_config["checkpoint_steps"]))
     # copies: arrays from Ray's object store are read-only
     norm = make_normalizer(cfg, loop_config["mean"], loop_config["std"]).to(device)
-    theta0 = initial_theta(family, cfg.trajectory.init_seed)
+    stored = loop_config.get("theta0")  # the dataset's start; None: per-task starts, or a dataset from before it was stored
+    theta0 = initial_theta(family, cfg.trajectory.init_seed) if stored is None else torch.from_numpy(stored.copy())
     torch.manual_seed(t.seed)  # identical initial weights on every worker
     model = build_model(cfg, family, facts).to(device)
     store = _load_store(ray.train.get_dataset_shard(f"shard_{rank}"), family, norm, device,

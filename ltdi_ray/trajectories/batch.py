@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,23 +31,27 @@ def initial_theta(family: TaskFamily, seed: int) -> torch.Tensor:
 class TrajectoryBatcher:
     """Turns task ids into rows: episode arrays, checkpoints ``(C, D)`` and per-checkpoint losses.
 
-    theta_0 is shared by every task (``theta0="shared"``, one draw under ``init_seed``) or drawn
-    per task from the task's seed (``"per_task"``).
+    theta_0 is shared by every task (``theta0="shared"``: one draw under ``init_seed``, or ``start``
+    ``(D,)`` when given; ``"reptile"``: ``start``, a meta-learned one), drawn per task from the task's
+    seed (``"per_task"``) or each task's ProtoNet head (``"prototype"``).
     """
 
     def __init__(self, family: TaskFamily, opt: InnerOptimizer, split: str, base_seed: int,
-                 theta0: str = "shared", init_seed: int = 0, device: str = "cpu"):
+                 theta0: str = "shared", init_seed: int = 0, device: str = "cpu",
+                 start: Optional[torch.Tensor] = None):
         self.family, self.opt, self.split, self.base_seed = family, opt, split, base_seed
         self.theta0_mode, self.device = theta0, torch.device(device)
         self.net = family.build_net().to(self.device)
         self.spec = ParamSpec.from_module(self.net)
-        self.shared_theta0 = initial_theta(family, init_seed).to(self.device)
+        if theta0 == "reptile" and start is None:
+            raise ValueError("theta0='reptile' needs its meta-learned start")
+        self.shared_theta0 = (initial_theta(family, init_seed) if start is None else start).to(self.device)
         self.loss = make_loss(self.net, self.spec, family.loss)
         self.metric = make_metric(self.net, self.spec, family.loss)
 
     def theta0_for(self, task_ids: Sequence[int]) -> torch.Tensor:
         """``(B, D)`` starting points for ``task_ids``."""
-        if self.theta0_mode == "shared":
+        if self.theta0_mode in ("shared", "reptile"):
             return self.shared_theta0.expand(len(task_ids), -1)
         seeds = [task_seed(self.family.name, self.split, int(i), self.base_seed) for i in task_ids]
         return torch.stack([initial_theta(self.family, s) for s in seeds]).to(self.device)
