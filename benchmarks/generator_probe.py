@@ -30,10 +30,11 @@ from ltdi_ray.generator.build import (DataFacts, build_diffusion, build_function
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
 from ltdi_ray.models.heads import prototype_head
 from ltdi_ray.pipelines.backbone import ensure_backbone
-from ltdi_ray.pipelines.start import SHARED_MODES, dataset_start
+from ltdi_ray.pipelines.start import dataset_start
 from ltdi_ray.tasks import make_family
 from ltdi_ray.storage.artifact import checkpoint_moments, stats_from_moments
 from ltdi_ray.trajectories import initial_theta
+from ltdi_ray.trajectories.batch import SHARED_MODES
 
 
 def dataset_rows(cfg):

@@ -7,7 +7,6 @@ and writes the manifest last. A complete dataset makes a re-run a no-op.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -29,7 +28,7 @@ from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
 from ltdi_ray.trajectories import InnerOptimizer, TrajectoryBatcher
 from ltdi_ray.pipelines.backbone import ensure_backbone
-from ltdi_ray.pipelines.start import START, compute_start, ensure_start
+from ltdi_ray.pipelines.start import compute_start, ensure_start
 
 log = logging.getLogger("ltdi_ray")
 
@@ -164,7 +163,7 @@ def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray, start: Opt
 
 
 def _finalise(loc: Location, cfg: Config, parts: List[PartSummary], spec: ParamSpec, family_info: dict,
-              schema: dict, start_record: dict) -> dict:
+              schema: dict, start_entry: dict) -> dict:
     ids = np.concatenate([p.task_ids for p in parts])
     if len(np.unique(ids)) != len(ids):
         raise DataError(f"duplicate task ids across the data files of {loc}; the dataset is corrupt")
@@ -179,9 +178,7 @@ def _finalise(loc: Location, cfg: Config, parts: List[PartSummary], spec: ParamS
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "family": cfg.task.family, "split": cfg.collect.split, "num_tasks": expected, "num_files": len(parts),
         "param_spec": spec.to_json(), "num_checkpoints": opt.num_checkpoints, "steps": opt.checkpoint_steps,
-        "theta0": {"mode": cfg.trajectory.theta0, "init_seed": cfg.trajectory.init_seed,
-                   **({"path": START, "sha256": hashlib.sha256(loc.read_bytes(START)).hexdigest(), **start_record}
-                      if start_record else {})},
+        "theta0": {"mode": cfg.trajectory.theta0, "init_seed": cfg.trajectory.init_seed, **start_entry},
         "config": fingerprint(cfg), "task_family": family_info, "schema": schema,
         "norm_stats": {"path": "_norm_stats.safetensors", "sha256": stats_sha, "count": count,
                        "over": "checkpoints 1..C-1 of every task"},
@@ -216,10 +213,10 @@ def run_collect(cfg: Config) -> dict:
     done = np.concatenate([p.task_ids for p in existing]) if existing else np.zeros(0, np.int64)
     missing = np.setdiff1d(np.arange(cfg.collect.num_tasks, dtype=np.int64), done)
     log.info("collect: %s has %d of %d tasks", loc, cfg.collect.num_tasks - len(missing), cfg.collect.num_tasks)
-    theta0, start_record = ensure_start(cfg, loc, family)  # before the first trajectory; a re-run reads it back
+    theta0, start_entry = ensure_start(cfg, loc, family)  # before the first trajectory; a re-run reads it back
     new = _collect_missing(cfg, loc, missing, None if theta0 is None else theta0.numpy()) if len(missing) else []
     manifest = _finalise(loc, cfg, existing + new, spec, family.describe(), row_schema(cfg, family, spec),
-                         start_record)
+                         start_entry)
     log.info("collect: wrote %s (%d files, D=%d)", loc.child(MANIFEST), len(manifest["files"]), spec.dim)
     return {**summary, "tasks": manifest["num_tasks"], "new_tasks": int(sum(p.rows for p in new)),
             "files": manifest["num_files"], "dim": spec.dim, "checkpoints": manifest["num_checkpoints"],

@@ -33,7 +33,7 @@ from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
 from ltdi_ray.trajectories import initial_theta, run_batched
 from ltdi_ray.pipelines.backbone import ensure_backbone
-from ltdi_ray.pipelines.start import meta_init
+from ltdi_ray.pipelines.start import meta_init, support_shots
 
 log = logging.getLogger("ltdi_ray")
 # vanilla diffusion: x0 prediction (the stable one) and the full stochastic DDPM chain, the sampler that
@@ -148,7 +148,7 @@ def _start_meta_inits(cfg: Config, gen: WeightGenerator, methods) -> Dict[str, "
     configs = {m: _baseline_config(cfg, m) for m in methods}
     cost = {m: c.meta_steps * (c.inner_steps + 1) * (2 if m == "maml" else 1) for m, c in configs.items()}
     classes = gen.family.pool_classes
-    shots = gen.family.fields()["support_idx"][0][0] // classes  # per class
+    shots = support_shots(gen.family)
     pools = ray.put(_training_pools(cfg, gen))
     task = ray.remote(num_cpus=b.cpus)(_meta_init_task).options(name="ltdi_ray.meta_init")
     threads = max(1, int(b.cpus))

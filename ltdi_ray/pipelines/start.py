@@ -29,11 +29,10 @@ from ltdi_ray.nets.paramspec import ParamSpec
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import TaskFamily, make_family
 from ltdi_ray.trajectories import initial_theta, make_loss
-from ltdi_ray.trajectories.batch import pick_points
+from ltdi_ray.trajectories.batch import SHARED_MODES, pick_points
 
 log = logging.getLogger("ltdi_ray")
 START = "_theta0.safetensors"
-SHARED_MODES = ("shared", "reptile")  # the modes whose tasks all start at one stored theta_0
 
 
 def meta_init(loss, theta0: torch.Tensor, pools: Tuple[torch.Tensor, torch.Tensor], classes: int, shots: int,
@@ -59,8 +58,9 @@ def meta_init(loss, theta0: torch.Tensor, pools: Tuple[torch.Tensor, torch.Tenso
     return theta, settings
 
 
-def _shots(family: TaskFamily) -> int:
-    return family.fields()["support_idx"][0][0] // family.pool_classes  # per class
+def support_shots(family: TaskFamily) -> int:
+    """K: support examples per class of the family's episodes."""
+    return family.fields()["support_idx"][0][0] // family.pool_classes
 
 
 def compute_start(cfg: Config, family: Optional[TaskFamily] = None) -> Tuple[Optional[torch.Tensor], dict]:
@@ -80,13 +80,18 @@ def compute_start(cfg: Config, family: Optional[TaskFamily] = None) -> Tuple[Opt
         pools = family.to_torch(eps["pool_x"]), family.targets_to_torch(eps["pool_y"])
         mcfg = MetaInitConfig(method="reptile", meta_steps=s.meta_steps, meta_batch=s.meta_batch,
                               inner_steps=s.inner_steps, inner_lr=s.inner_lr, outer_lr=s.outer_lr, seed=s.seed)
-        theta, settings = meta_init(loss, theta, pools, family.pool_classes, _shots(family), mcfg)
+        theta, settings = meta_init(loss, theta, pools, family.pool_classes, support_shots(family), mcfg)
         record.update(start=to_plain(s), trained=settings)
     return theta.detach().float().contiguous(), record
 
 
+def _entry(record: dict, digest: str) -> dict:
+    """The manifest's ``theta0`` entry: the record plus the file's name and sha256."""
+    return {**record, "path": START, "sha256": digest}
+
+
 def ensure_start(cfg: Config, loc: Location, family: Optional[TaskFamily] = None) -> Tuple[Optional[torch.Tensor], dict]:
-    """The dataset at ``loc``'s theta_0 and record: read when stored, else computed and written."""
+    """The dataset at ``loc``'s theta_0 and manifest entry: read when stored, else computed and written."""
     if cfg.trajectory.theta0 not in SHARED_MODES:
         return None, {}
     stored = read_start(loc)
@@ -95,20 +100,22 @@ def ensure_start(cfg: Config, loc: Location, family: Optional[TaskFamily] = None
     theta, record = compute_start(cfg, family)
     from safetensors.torch import save
 
-    loc.write_atomic(START, save({"theta0": theta}, metadata={"record": json.dumps(record, sort_keys=True)}))
-    return theta, record
+    raw = save({"theta0": theta}, metadata={"record": json.dumps(record, sort_keys=True)})
+    loc.write_atomic(START, raw)
+    return theta, _entry(record, hashlib.sha256(raw).hexdigest())
 
 
 def read_start(loc: Location, sha256: Optional[str] = None) -> Optional[Tuple[torch.Tensor, dict]]:
-    """``(theta_0 (D,), record)`` stored in the dataset at ``loc``, or None; with ``sha256`` (the
-    manifest's) a file that does not match it is a :class:`DataError` naming it."""
+    """``(theta_0 (D,), entry)`` stored in the dataset at ``loc`` (entry: its record, name and sha256),
+    or None; with ``sha256`` (the manifest's) a file that does not match it is a :class:`DataError`."""
     from safetensors.torch import load
 
     try:
         raw = loc.read_bytes(START)
     except FileNotFoundError:
         return None
-    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+    digest = hashlib.sha256(raw).hexdigest()
+    if sha256 is not None and digest != sha256:
         raise DataError(f"{loc.child(START)} does not match the checksum in the dataset's manifest")
     try:
         theta = load(raw)["theta0"]
@@ -116,7 +123,7 @@ def read_start(loc: Location, sha256: Optional[str] = None) -> Optional[Tuple[to
         record = json.loads(json.loads(raw[8:8 + header_len])["__metadata__"]["record"])
     except Exception as err:  # noqa: BLE001 - any unreadable file is one message
         raise DataError(f"{loc.child(START)} is not a readable theta_0 file ({type(err).__name__}: {err})") from None
-    return theta, record
+    return theta, _entry(record, digest)
 
 
 def dataset_start(loc: Location, manifest: dict) -> Optional[torch.Tensor]:

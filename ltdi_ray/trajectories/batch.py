@@ -28,6 +28,9 @@ def initial_theta(family: TaskFamily, seed: int) -> torch.Tensor:
     return ParamSpec.from_module(net).flatten(dict(net.named_parameters())).detach()
 
 
+SHARED_MODES = ("shared", "reptile")  # the theta0 modes whose tasks all start at one theta_0
+
+
 class TrajectoryBatcher:
     """Turns task ids into rows: episode arrays, checkpoints ``(C, D)`` and per-checkpoint losses.
 
@@ -51,7 +54,7 @@ class TrajectoryBatcher:
 
     def theta0_for(self, task_ids: Sequence[int]) -> torch.Tensor:
         """``(B, D)`` starting points for ``task_ids``."""
-        if self.theta0_mode in ("shared", "reptile"):
+        if self.theta0_mode in SHARED_MODES:
             return self.shared_theta0.expand(len(task_ids), -1)
         seeds = [task_seed(self.family.name, self.split, int(i), self.base_seed) for i in task_ids]
         return torch.stack([initial_theta(self.family, s) for s in seeds]).to(self.device)
