@@ -25,8 +25,8 @@ import torch
 
 from ltdi_ray.config import load_config
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import (DataFacts, build_diffusion, build_function_loss, build_model, make_normalizer,
-                                      support_of)
+from ltdi_ray.generator.build import (DataFacts, build_chain_loss, build_diffusion, build_function_loss, build_model,
+                                      make_normalizer, support_of)
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
 from ltdi_ray.models.heads import prototype_head
 from ltdi_ray.pipelines.backbone import ensure_backbone
@@ -92,9 +92,10 @@ def main() -> None:
                       torch.from_numpy(rows["support_idx"].astype(np.int64)).to(device), classes=family.pool_classes)
     facts = DataFacts(spec.dim, steps)
     model = build_model(cfg, family, facts).to(device)
+    theta0 = (initial_theta(family, cfg.trajectory.init_seed) if start is None else start).to(device)
     trainer = MetaTrainer(model, diffusion, store, cfg.train, total_steps=args.steps or None,
-                          function_loss=build_function_loss(cfg, family, spec, norm))
-    theta0 = initial_theta(family, cfg.trajectory.init_seed) if start is None else start
+                          function_loss=build_function_loss(cfg, family, spec, norm),
+                          chain_loss=build_chain_loss(cfg, family, spec, norm, theta0))
     gen = WeightGenerator(cfg, spec, facts, model, norm, theta0).to(device)
     first = len(store) if args.split == "train" else 0
     test = family.sample_many(args.split, range(first, first + args.tasks), cfg.collect.seed)

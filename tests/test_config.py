@@ -103,6 +103,24 @@ def test_the_function_space_term_needs_single_level_bridge_training():
         load_config(["train.function_loss=-1"])
 
 
+def test_the_chain_loss_defaults_on_for_omniglot_heads_and_needs_the_deterministic_bridge_chain():
+    from ltdi_ray.config.schema import chain_loss_weight
+
+    head = ["task=omniglot", "task.root=/data/omni", "task.generate=head"]
+    assert chain_loss_weight(load_config(head)) == 0.3  # the measured default
+    assert chain_loss_weight(load_config([])) == 0.0  # sinusoid: not measured
+    assert chain_loss_weight(load_config(["task=omniglot", "task.root=/data/omni"])) == 0.0  # full networks
+    assert chain_loss_weight(load_config([*head, "diffusion.sampler=ddpm"])) == 0.0
+    assert chain_loss_weight(load_config([*head, "train.chain_loss=0"])) == 0.0
+    assert chain_loss_weight(load_config(["train.chain_loss=0.3"])) == 0.3
+    with pytest.raises(ConfigError, match="'train.chain_loss': needs diffusion.variant=bridge and diffusion.sampler=ddim"):
+        load_config([*head, "train.chain_loss=0.1", "diffusion.sampler=ddpm"])
+    with pytest.raises(ConfigError, match="'train.chain_loss': applies to single-level training"):
+        load_config(["train.chain_loss=0.1", "train.meta=reptile"])
+    with pytest.raises(ConfigError, match="'train.chain_loss': must be >= 0"):
+        load_config(["train.chain_loss=-1"])
+
+
 def test_omniglot_heads_default_to_protonet_starts_and_noise_free_bridges():
     from ltdi_ray.config.compose import config_from_plain, to_plain
 

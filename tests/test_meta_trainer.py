@@ -34,6 +34,18 @@ def _function_loss(weight):
     return FunctionSpaceLoss(net, ParamSpec.from_module(net), WeightNormalizer(torch.zeros(D), torch.ones(D)), weight)
 
 
+def _chain_loss(weight):
+    """The chain's task loss over a D-weight network (1 -> 4 tanh -> 1 without an output bias), chains from 0."""
+    from ltdi_ray.meta.chain_loss import ChainLoss
+    from ltdi_ray.models import WeightNormalizer
+    from ltdi_ray.nets.paramspec import ParamSpec
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1, bias=False))
+    start = lambda sx, sy: torch.zeros(sx.shape[0], D)  # noqa: E731
+    return ChainLoss(net, ParamSpec.from_module(net), WeightNormalizer(torch.zeros(D), torch.ones(D)), weight,
+                     start, "mse", sample_steps=1)
+
+
 def _trainer(meta, rank=0, world=1, allreduce=None, variant="bridge", extra=()):
     torch.manual_seed(0)
     gen = Generator(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
@@ -43,7 +55,9 @@ def _trainer(meta, rank=0, world=1, allreduce=None, variant="bridge", extra=()):
     if variant == "local_consistency":  # its targets are the k segment ends, without theta_0
         store.targets = store.targets[:, 1:]
     function_loss = _function_loss(cfg.train.function_loss) if cfg.train.function_loss else None
-    return MetaTrainer(gen, build_diffusion(cfg), store, cfg.train, rank, world, allreduce, function_loss=function_loss)
+    chain_loss = _chain_loss(cfg.train.chain_loss) if cfg.train.chain_loss else None
+    return MetaTrainer(gen, build_diffusion(cfg), store, cfg.train, rank, world, allreduce, function_loss=function_loss,
+                       chain_loss=chain_loss)
 
 
 class ThreadAllReduce:
@@ -75,7 +89,7 @@ def test_global_meta_batch_depends_only_on_seed_and_step():
 @pytest.mark.parametrize("meta,variant,extra", [
     ("reptile", "bridge", ()), ("none", "bridge", ()), ("none", "local_consistency", ()),
     ("none", "bridge", ("diffusion.segment_draw=one", "train.resample_support=false")),
-    ("none", "bridge", ("train.function_loss=0.5",))])
+    ("none", "bridge", ("train.function_loss=0.5",)), ("none", "bridge", ("train.chain_loss=0.5",))])
 def test_two_workers_on_their_shards_reproduce_one_worker(meta, variant, extra):
     single = _trainer(meta, variant=variant, extra=extra)
     for step in range(3):
@@ -136,3 +150,20 @@ def test_the_function_space_term_compares_network_outputs_and_adds_to_the_loss()
     torch.testing.assert_close(fl(pred, target, x), 2.0 * by_hand.square().mean())
     with_term, without = _trainer("none", extra=("train.function_loss=0.5",)), _trainer("none", extra=("train.function_loss=0",))
     assert with_term.step(0) > without.step(0)  # the same draws, plus a non-negative term
+
+
+def test_the_chain_loss_scores_the_sampled_network_on_the_pool_and_trains_the_chain():
+    tr = _trainer("none", extra=("train.chain_loss=2.0",))
+    cl, gen, diffusion = tr.chain_loss, tr.gen, tr.diffusion
+    g = torch.Generator().manual_seed(3)
+    sx, sy, px, py = (torch.randn(4, n, 1, generator=g) for n in (5, 5, 9, 9))
+    value = cl(gen, diffusion, sx, sy, px, py)
+    with torch.no_grad():  # the same chain as the generator samples, then the MSE of that network by hand
+        end = diffusion.sample(gen.denoiser, gen.cond(sx, sy), D, torch.zeros(4, D), sampler="ddim", sample_steps=1)
+    by_hand = torch.stack([(torch.tanh(px[i] @ w[:4].view(4, 1).T + w[4:8]) @ w[8:].view(4, 1) - py[i]).square().mean()
+                           for i, w in enumerate(end)])
+    torch.testing.assert_close(value, 2.0 * by_hand.mean())
+    grads = torch.autograd.grad(value, list(gen.denoiser.parameters()), allow_unused=True)
+    assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)  # the loss reaches the denoiser through the chain
+    without = _trainer("none", extra=("train.chain_loss=0",))
+    assert tr.step(0) > without.step(0)  # the same draws, plus a positive term

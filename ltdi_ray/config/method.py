@@ -105,6 +105,9 @@ class TrainConfig:
     # measured default (schema.function_loss_weight: 0.1 for sinusoid, 0 for Omniglot, not measured there)
     function_loss: Optional[float] = None
     function_points: int = 25  # pool points the function-space term evaluates (evenly spread); 0 = all
+    # weight of the chain's own task loss (meta/chain_loss.py: the DDIM chain from theta_0, differentiably, scored on
+    # the pool's labels); 0 = off; None = the measured default (schema.chain_loss_weight: 0.3 for Omniglot heads)
+    chain_loss: Optional[float] = None
     val_tasks: int = 100  # validation tasks generated at every epoch end
     num_workers: int = 1
     use_gpu: bool = False
@@ -120,6 +123,9 @@ class TrainConfig:
         check(self.function_loss is None or self.function_loss >= 0, "train.function_loss",
               f"must be >= 0 or null, got {self.function_loss}")
         check(self.function_points >= 0, "train.function_points", f"must be >= 0, got {self.function_points}")
+        check(self.chain_loss is None or self.chain_loss >= 0, "train.chain_loss", f"must be >= 0 or null, got {self.chain_loss}")
+        check(not self.chain_loss or self.meta == "none", "train.chain_loss",
+              f"applies to single-level training (train.meta=none), not train.meta={self.meta}")
         check(not self.function_loss or self.meta == "none", "train.function_loss",
               f"applies to single-level training (train.meta=none), not train.meta={self.meta}")
         for key in ("epochs", "steps_per_epoch", "meta_batch", "draws", "inner_steps", "num_workers"):

@@ -232,6 +232,9 @@ class Config:
         self.resolve_defaults()
         check(not self.train.function_loss or self.diffusion.variant == "bridge", "train.function_loss",
               f"needs diffusion.variant=bridge (its loss predicts segment ends), got {self.diffusion.variant}")
+        check(not self.train.chain_loss or (self.diffusion.variant == "bridge" and self.diffusion.sampler == "ddim"),
+              "train.chain_loss", "needs diffusion.variant=bridge and diffusion.sampler=ddim (it trains the deterministic "
+              f"chain the generator samples with), got {self.diffusion.variant} and {self.diffusion.sampler}")
         check(not self.model.encoder_ridge or self.model.encoder_fourier > 0, "model.encoder_ridge",
               "needs model.encoder_fourier > 0 (the ridge fit is over the Fourier features)")
         check(self.trajectory.theta0 != "prototype" or getattr(self.task, "generate", None) == "head",
@@ -261,6 +264,16 @@ class Config:
 
 
 TASK_SCHEMAS = {"sinusoid": SinusoidTaskConfig, "omniglot": OmniglotTaskConfig}
+
+
+def chain_loss_weight(cfg: Config) -> float:
+    """``train.chain_loss``, or where it is null the measured default: 0.3 for Omniglot heads (bridge,
+    single level, DDIM: README "Omniglot-242"), else 0 (not measured). Resolved where it is used, like
+    :func:`function_loss_weight`."""
+    if cfg.train.chain_loss is not None:
+        return cfg.train.chain_loss
+    usable = cfg.diffusion.variant == "bridge" and cfg.diffusion.sampler == "ddim" and cfg.train.meta == "none"
+    return 0.3 if usable and getattr(cfg.task, "generate", None) == "head" else 0.0
 
 
 def function_loss_weight(cfg: Config) -> float:

@@ -131,18 +131,22 @@ class BridgeDiffusion:
         loss = (pred - end).square().mean()
         return loss if extra_loss is None else loss + extra_loss(pred, end, task)
 
-    @torch.no_grad()
     def sample(self, model: Denoiser, cond: torch.Tensor, dim: int, start: torch.Tensor, sampler: str = "ddpm",
                sample_steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
-               return_chain: bool = False):
+               return_chain: bool = False, differentiable: bool = False):
         """Walk the bridges from ``start`` (normalised theta_0, ``(N, D)`` or ``(D,)``; ddpm adds
         ``start_noise``) to theta_M.
 
         ``ddpm`` takes every step with bridge noise; ``ddim`` is deterministic over about
-        ``sample_steps`` steps (every segment end is always visited).
+        ``sample_steps`` steps (every segment end is always visited). ``differentiable``: keep the
+        graph (a training loss on the chain's end); otherwise no gradients are recorded.
         """
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be ddpm or ddim, got {sampler!r}")
+        with torch.set_grad_enabled(differentiable):
+            return self._walk(model, cond, dim, start, sampler, sample_steps, generator, return_chain)
+
+    def _walk(self, model, cond, dim, start, sampler, sample_steps, generator, return_chain):
         n = cond.shape[0]
         x = start.to(cond.device, torch.float32).expand(n, dim).clone()
         if sampler == "ddpm" and self.start_noise > 0:  # a fresh start; ddim stays deterministic from theta_0

@@ -10,12 +10,12 @@ from typing import List
 
 import torch
 
-from ltdi_ray.config.schema import Config, function_loss_weight
+from ltdi_ray.config.schema import Config, chain_loss_weight, function_loss_weight
 from ltdi_ray.diffusion import Diffusion, make_diffusion
 from ltdi_ray.meta import Generator
 from ltdi_ray.models import (PRESETS, ClassTokenDenoiser, ImagePrototypeEncoder, PrototypeEncoder, ResMLPDenoiser,
                              SetEncoder, WeightNormalizer)
-from ltdi_ray.models.heads import tie_rows
+from ltdi_ray.models.heads import prototype_head, tie_rows
 from ltdi_ray.tasks import TaskFamily
 
 
@@ -79,3 +79,22 @@ def build_function_loss(cfg: Config, family: TaskFamily, spec, norm: WeightNorma
     if weight == 0:
         return None
     return FunctionSpaceLoss(family.build_net().to(norm.mean.device), spec, norm, weight, cfg.train.function_points)
+
+
+def chain_start(cfg: Config, family: TaskFamily, norm: WeightNormalizer, theta0: torch.Tensor):
+    """Where the generator's chain starts for support features ``(sx, sy)``: normalised ``(B, D)``, each
+    task's ProtoNet head (``trajectory.theta0=prototype``) or the dataset's ``theta0 (D,)``."""
+    if cfg.trajectory.theta0 == "prototype":
+        return lambda sx, sy: norm.normalize(prototype_head(sx, sy, family.pool_classes))
+    return lambda sx, sy: norm.normalize(theta0.to(sx.device)).expand(sx.shape[0], -1)
+
+
+def build_chain_loss(cfg: Config, family: TaskFamily, spec, norm: WeightNormalizer, theta0: torch.Tensor):
+    """The chain's own task loss of ``train.chain_loss`` for the trainer, or None when it is 0."""
+    from ltdi_ray.meta.chain_loss import ChainLoss
+
+    weight = chain_loss_weight(cfg)
+    if weight == 0:
+        return None
+    return ChainLoss(family.build_net().to(norm.mean.device), spec, norm, weight,
+                     chain_start(cfg, family, norm, theta0), family.loss, cfg.diffusion.sample_steps)

@@ -76,9 +76,10 @@ class MetaTrainer:
 
     def __init__(self, gen: Generator, diffusion: Diffusion, store: TaskStore, train_cfg, rank: int = 0,
                  world: int = 1, allreduce: Optional[AllReduce] = None, total_steps: Optional[int] = None,
-                 function_loss: Optional[Callable] = None):
+                 function_loss: Optional[Callable] = None, chain_loss: Optional[Callable] = None):
         self.gen, self.diffusion, self.store, self.cfg = gen, diffusion, store, train_cfg
         self.function_loss = function_loss  # (pred, end, pool inputs) -> a term added to single-level losses
+        self.chain_loss = chain_loss  # (gen, diffusion, support x, y, pool x, y) -> another one
         self.rank, self.world, self.allreduce = rank, world, allreduce
         self.total_steps = total_steps or train_cfg.epochs * train_cfg.steps_per_epoch
         self.params = [p for p in gen.parameters() if p.requires_grad]
@@ -130,6 +131,9 @@ class MetaTrainer:
             pool = self.store.pool_x[ti]
             extra = lambda pred, end, rows: self.function_loss(pred, end, pool, rows)  # noqa: E731
         total = task_loss(self.gen, self.diffusion, targets, sx, sy, c.draws, draw=draw, extra_loss=extra) * len(slots)
+        if self.chain_loss is not None:
+            chain = self.chain_loss(self.gen, self.diffusion, sx, sy, self.store.pool_x[ti], self.store.pool_y[ti])
+            total = total + chain * len(slots)
         return list(torch.autograd.grad(total, self.params)), float(total.detach()) / len(slots)
 
     def _reptile(self, step: int, slots: np.ndarray, targets, sx, sy) -> Tuple[List[torch.Tensor], float]:

@@ -40,7 +40,8 @@ log = logging.getLogger("ltdi_ray")
 # makes best-of-n work for it (one DDIM jump scores better with a single sample: README "Quality")
 ABLATIONS = {"single_level": {"train": {"meta": "none"}},
              "vanilla": {"diffusion": {"variant": "local_consistency", "segments": 1, "parameterization": "x0",
-                                       "weighting": "x0", "sampler": "ddpm", "sample_steps": None}}}
+                                       "weighting": "x0", "sampler": "ddpm", "sample_steps": None},
+                         "train": {"function_loss": None, "chain_loss": None}}}  # our terms need the bridge
 
 
 _POOLS: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # the last training pools (see _training_pools)

@@ -12,8 +12,8 @@ import torch
 from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import (DataFacts, build_diffusion, build_function_loss, build_model, make_normalizer,
-                                      support_of)
+from ltdi_ray.generator.build import (DataFacts, build_chain_loss, build_diffusion, build_function_loss, build_model,
+                                      make_normalizer, support_of)
 from ltdi_ray.generator.checkpoint import MODEL, read_meta, read_tensors, read_train_state, write_checkpoint
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore, shard_range
 from ltdi_ray.models import WeightNormalizer
@@ -95,7 +95,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     store = _load_store(ray.train.get_dataset_shard(f"shard_{rank}"), family, norm, device,
                         int(loop_config["num_tasks"]), rank, world)
     trainer = MetaTrainer(model, build_diffusion(cfg), store, t, rank, world, _allreduce(world),
-                          function_loss=build_function_loss(cfg, family, spec, norm))
+                          function_loss=build_function_loss(cfg, family, spec, norm),
+                          chain_loss=build_chain_loss(cfg, family, spec, norm, theta0))
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
