@@ -15,10 +15,10 @@ from torch.func import functional_call
 
 from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
-from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model
+from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, chain_start
 from ltdi_ray.generator.checkpoint import MODEL, STATS, read_meta, read_tensors
 from ltdi_ray.models import WeightNormalizer, head_flat, head_rows
-from ltdi_ray.models.heads import prototype_head, tie_rows
+from ltdi_ray.models.heads import tie_rows
 from ltdi_ray.nets.paramspec import ParamSpec
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
@@ -126,16 +126,12 @@ class WeightGenerator:
         ``(B * num_samples, ...)``, and the sampling generator."""
         sx, sy = self.check_support(support_x, support_y)
         view = self.view(self._support_ways(sy))
-        sx, bsz = self.family.net_input(sx), sx.shape[0]
+        sx = self.family.net_input(sx)
         rng = torch.Generator(device=self.device)
         rng.manual_seed(int(torch.seed() if seed is None else seed))
         other_ways = view.ways if view.ways != self.ways else None
         cond = self.model.cond(sx, sy, other_ways).repeat_interleave(num_samples, dim=0)
-        if self.cfg.trajectory.theta0 == "prototype":  # the trajectories started at each task's ProtoNet head
-            theta0 = prototype_head(sx, sy, view.ways).repeat_interleave(num_samples, dim=0)
-        else:
-            theta0 = view.theta0.expand(bsz * num_samples, -1)
-        start = view.norm.normalize(theta0)
+        start = chain_start(self.cfg, view.norm, view.theta0, view.ways)(sx, sy).repeat_interleave(num_samples, dim=0)
         spread = self.cfg.diffusion.sample_start_noise
         if num_samples > 1 and spread > 0 and self.diffusion.starts_from_theta0:
             # candidate 0 of every task starts at theta_0, the others around it (the bridge's chain

@@ -6,7 +6,7 @@ Sizes come from the data (D from the ParamSpec, C from the saved steps), never f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -81,11 +81,12 @@ def build_function_loss(cfg: Config, family: TaskFamily, spec, norm: WeightNorma
     return FunctionSpaceLoss(family.build_net().to(norm.mean.device), spec, norm, weight, cfg.train.function_points)
 
 
-def chain_start(cfg: Config, family: TaskFamily, norm: WeightNormalizer, theta0: torch.Tensor):
+def chain_start(cfg: Config, norm: WeightNormalizer, theta0: torch.Tensor, ways: Optional[int] = None):
     """Where the generator's chain starts for support features ``(sx, sy)``: normalised ``(B, D)``, each
-    task's ProtoNet head (``trajectory.theta0=prototype``) or the dataset's ``theta0 (D,)``."""
+    task's ProtoNet head over ``ways`` classes (``trajectory.theta0=prototype``: where its trajectory
+    started) or the dataset's ``theta0 (D,)``."""
     if cfg.trajectory.theta0 == "prototype":
-        return lambda sx, sy: norm.normalize(prototype_head(sx, sy, family.pool_classes))
+        return lambda sx, sy: norm.normalize(prototype_head(sx, sy, ways))
     return lambda sx, sy: norm.normalize(theta0.to(sx.device)).expand(sx.shape[0], -1)
 
 
@@ -97,4 +98,4 @@ def build_chain_loss(cfg: Config, family: TaskFamily, spec, norm: WeightNormaliz
     if weight == 0:
         return None
     return ChainLoss(family.build_net().to(norm.mean.device), spec, norm, weight,
-                     chain_start(cfg, family, norm, theta0), family.loss, cfg.diffusion.sample_steps)
+                     chain_start(cfg, norm, theta0, family.pool_classes), family.loss, cfg.diffusion.sample_steps)
