@@ -123,10 +123,11 @@ class TrainConfig:
         check(self.function_loss is None or self.function_loss >= 0, "train.function_loss",
               f"must be >= 0 or null, got {self.function_loss}")
         check(self.function_points >= 0, "train.function_points", f"must be >= 0, got {self.function_points}")
-        check(self.chain_loss is None or self.chain_loss >= 0, "train.chain_loss", f"must be >= 0 or null, got {self.chain_loss}")
-        check(not self.chain_loss or self.meta == "none", "train.chain_loss",
-              f"applies to single-level training (train.meta=none), not train.meta={self.meta}")
         check(not self.function_loss or self.meta == "none", "train.function_loss",
+              f"applies to single-level training (train.meta=none), not train.meta={self.meta}")
+        check(self.chain_loss is None or self.chain_loss >= 0, "train.chain_loss",
+              f"must be >= 0 or null, got {self.chain_loss}")
+        check(not self.chain_loss or self.meta == "none", "train.chain_loss",
               f"applies to single-level training (train.meta=none), not train.meta={self.meta}")
         for key in ("epochs", "steps_per_epoch", "meta_batch", "draws", "inner_steps", "num_workers"):
             check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")

@@ -232,9 +232,10 @@ class Config:
         self.resolve_defaults()
         check(not self.train.function_loss or self.diffusion.variant == "bridge", "train.function_loss",
               f"needs diffusion.variant=bridge (its loss predicts segment ends), got {self.diffusion.variant}")
-        check(not self.train.chain_loss or (self.diffusion.variant == "bridge" and self.diffusion.sampler == "ddim"),
-              "train.chain_loss", "needs diffusion.variant=bridge and diffusion.sampler=ddim (it trains the deterministic "
-              f"chain the generator samples with), got {self.diffusion.variant} and {self.diffusion.sampler}")
+        d = self.diffusion
+        check(not self.train.chain_loss or (d.variant == "bridge" and d.sampler == "ddim"), "train.chain_loss",
+              "needs diffusion.variant=bridge and diffusion.sampler=ddim (it trains the deterministic chain the "
+              f"generator samples with), got {d.variant} and {d.sampler}")
         check(not self.model.encoder_ridge or self.model.encoder_fourier > 0, "model.encoder_ridge",
               "needs model.encoder_fourier > 0 (the ridge fit is over the Fourier features)")
         check(self.trajectory.theta0 != "prototype" or getattr(self.task, "generate", None) == "head",
