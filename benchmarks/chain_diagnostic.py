@@ -1,9 +1,11 @@
 """Where the generator's chain passes relative to the true trajectory, segment by segment.
 
-For unseen test tasks, runs the real inner optimiser (the collection trajectory) and the trained
-generator's chain, and prints one JSON line with, at every segment end e_i: the inner-loop step of
-target i, the RMS distance (normalised weight units) between the chain and the true target, and the
-query MSE of both. It shows whether errors compound along the chain.
+For unseen test tasks, runs the real inner optimiser (the collect stage's batched inner loop from
+the generator's own theta_0) and the trained generator's chain, and prints one JSON line with, at
+every segment end e_i: the inner-loop step of target i, the RMS distance (normalised weight units)
+between the chain and the true target, and the query loss of both (the family's loss: MSE on
+sinusoid, hence the keys). It shows whether errors compound along the chain
+(docs/results/sinusoid.md, "Before the function-space term").
 
     python benchmarks/chain_diagnostic.py ./ltdi_runs/sinusoid/generator [--tasks 300]
 """
@@ -18,9 +20,9 @@ import torch
 
 from ltdi_ray import load_generator
 from ltdi_ray.diffusion import segment_ends
-from ltdi_ray.generator.build import support_of
 from ltdi_ray.pipelines.collect import make_batcher
-from ltdi_ray.trajectories import evaluate
+from ltdi_ray.tasks.episodes import support_of
+from ltdi_ray.trajectories.inner import evaluate
 
 
 def main() -> None:
@@ -30,24 +32,27 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     gen = load_generator(args.generator_uri)
+    view = gen.view()  # the trained setting: family, normaliser, losses
     cfg = dataclasses.replace(gen.cfg, collect=dataclasses.replace(gen.cfg.collect, split="test"))
-    rows = make_batcher(cfg, start=gen.theta0)(list(range(args.tasks)))  # true trajectories of the test tasks
+    # true trajectories of the test tasks, from the start the generator's chains use
+    rows = make_batcher(cfg, shared=gen.theta0.shared)(list(range(args.tasks)))
     truth = torch.from_numpy(rows["checkpoints"])
-    sx, sy = support_of(rows, gen.family, raw=True)
-    qx, qy = gen.family.to_torch(rows["query_x"]), gen.family.targets_to_torch(rows["query_y"])
+    sx, sy = support_of(rows, view.family, raw=True)
+    qx, qy = view.family.to_torch(rows["query_x"]), view.family.targets_to_torch(rows["query_y"])
     visited = dict(gen.generate_chain(sx, sy, seed=0))
-    indices = gen.meta["target_indices"][-gen.cfg.diffusion.segments:]
+    d = gen.cfg.diffusion
+    indices = gen.meta["target_indices"][-d.segments:]
     out = []
-    for end, idx in zip(segment_ends(gen.cfg.diffusion.steps, gen.cfg.diffusion.segments).tolist(), indices):
+    for end, idx in zip(segment_ends(d.steps, d.segments).tolist(), indices):
         if end not in visited:  # a sampler that jumps over this segment end
             continue
-        z, target = gen.norm.normalize(visited[end]), gen.norm.normalize(truth[:, idx])
-        made = evaluate(gen.loss, visited[end].unsqueeze(1), qx, qy)[:, 0]
-        true = evaluate(gen.loss, truth[:, idx].unsqueeze(1), qx, qy)[:, 0]
+        z, target = view.norm.normalize(visited[end]), view.norm.normalize(truth[:, idx])
+        made = evaluate(view.loss, visited[end].unsqueeze(1), qx, qy)[:, 0]
+        true = evaluate(view.loss, truth[:, idx].unsqueeze(1), qx, qy)[:, 0]
         out.append({"diffusion_step": end, "inner_step": gen.facts.checkpoint_steps[idx],
                     "rms_to_target": round(float((z - target).square().mean().sqrt()), 4),
                     "query_mse_chain": round(float(made.mean()), 4), "query_mse_target": round(float(true.mean()), 4)})
-    print(json.dumps({"generator": args.generator_uri, "tasks": args.tasks, "variant": gen.cfg.diffusion.variant,
+    print(json.dumps({"generator": args.generator_uri, "tasks": args.tasks, "variant": d.variant,
                       "segments": out}))
 
 

@@ -5,7 +5,8 @@ per size, ``{"tasks", "seconds", "tasks_per_s", "driver_peak_rss_mb", "worker_pe
 largest Ray worker process), "workers_peak_total_rss_mb" (all Ray worker processes at once, sampled
 every 0.2 s), "object_store_spilled_mb"}``, then ``{"growth_per_10k_tasks_mb": {...}}``: how much
 each peak grows per 10,000 more tasks (flat memory means ~0). Peaks are the kernel's high-water
-marks (VmHWM) of each process, read from /proc (Linux).
+marks (VmHWM) of each process, read from /proc (Linux). Figures: docs/results/performance.md
+("Collection under load") and docs/reliability.md.
 
     python benchmarks/collect_scale.py [--sizes 10000 20000] [--overrides k=v ...]
 """
@@ -47,8 +48,7 @@ def one(tasks: int, overrides) -> dict:
     """Collect ``tasks`` tasks in this process; peaks of the driver and the Ray workers."""
     import ray
 
-    from ltdi_ray.config import load_config
-    from ltdi_ray.pipelines.collect import run_collect
+    import ltdi_ray
     from ltdi_ray.pipelines.runtime import ensure_ray
 
     peak_each, peak_total, done = {}, [0], threading.Event()
@@ -62,11 +62,11 @@ def one(tasks: int, overrides) -> dict:
             time.sleep(0.2)
 
     with tempfile.TemporaryDirectory() as root:
-        cfg = load_config([f"collect.num_tasks={tasks}", f"storage.uri={root}", *overrides])
-        ensure_ray(cfg.ray)
+        cfg = ltdi_ray.compose(f"collect.num_tasks={tasks}", f"storage.uri={root}", *overrides)
+        ensure_ray(cfg.ray)  # before the sampler: the stage attaches to it (its start is not measured)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        summary = run_collect(cfg)
+        summary = ltdi_ray.run("collect", cfg)
         done.set()
         sampler.join()
         stats = ray._private.internal_api.memory_summary(stats_only=True)

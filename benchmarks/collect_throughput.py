@@ -3,7 +3,11 @@
 Prints one JSON line: ``per_task_tasks_per_s``, ``batched_tasks_per_s``, ``pipeline_tasks_per_s``
 and their ratios, for sinusoid 5-shot with the default trajectory (Adam, 100 steps, 100-point
 pool, checkpoint every 10 steps). The pipeline figure includes the actors' start, the Parquet
-write and the manifest, but not ``ray.init``.
+write and the manifest, but not ``ray.init``. The kernels start every trajectory at the same theta_0,
+computed once before any timing; the collect stage computes its own before its first trajectory, so
+under ``trajectory.theta0=reptile`` (sinusoid's default) the pipeline figure includes that Reptile
+meta-training: pass ``--overrides trajectory.theta0=shared`` to time the collection alone. Figures:
+docs/results/performance.md ("Collection throughput").
 
     python benchmarks/collect_throughput.py [--tasks 10000] [--device cuda] [--overrides k=v ...]
 """
@@ -20,28 +24,28 @@ import numpy as np
 import torch
 
 
-def per_task_rate(cfg, n: int, threads: int) -> float:
+def per_task_rate(cfg, n: int, threads: int, stored: torch.Tensor) -> float:
     from ltdi_ray.pipelines.collect import make_batcher
-    from ltdi_ray.trajectories import run_per_task
+    from ltdi_ray.trajectories.inner import run_per_task
 
     torch.set_num_threads(threads)
-    b = make_batcher(cfg)
+    b = make_batcher(cfg, shared=stored)
     start = time.perf_counter()
     for i in range(n):  # what a user loop does per task: sample, train with torch.optim, evaluate
-        ep = b.family.sample("train", i)
+        ep = b.family.sample(cfg.collect.split, i, cfg.collect.seed)
         x, y = b.family.to_torch(ep["pool_x"]), b.family.targets_to_torch(ep["pool_y"])
-        ckpts = run_per_task(b.loss, b.shared_theta0, x, y, b.opt)
+        ckpts = run_per_task(b.loss, b.theta0.shared, x, y, b.opt)
         qx, qy = b.family.to_torch(ep["query_x"]), b.family.targets_to_torch(ep["query_y"])
         with torch.no_grad():
             [float(b.loss(c, qx, qy)) for c in ckpts]
     return n / (time.perf_counter() - start)
 
 
-def batched_rate(cfg, n: int, device: str) -> float:
+def batched_rate(cfg, n: int, device: str, stored: torch.Tensor) -> float:
     from ltdi_ray.pipelines.collect import make_batcher
 
     torch.set_num_threads(os.cpu_count() or 1)
-    b = make_batcher(cfg, device)
+    b = make_batcher(cfg, device, stored)
     bs = cfg.collect.batch_size
     b(np.arange(bs))  # warm-up (allocator, CUDA context)
     if device == "cuda":
@@ -53,16 +57,15 @@ def batched_rate(cfg, n: int, device: str) -> float:
 
 
 def pipeline_rate(overrides, n: int, gpus: float) -> dict:
-    from ltdi_ray.config import load_config
-    from ltdi_ray.pipelines.collect import run_collect
+    import ltdi_ray
     from ltdi_ray.pipelines.runtime import ensure_ray
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config([*overrides, f"collect.num_tasks={n}", f"storage.uri={tmp}",
-                           f"collect.gpus_per_actor={gpus}"])
-        ensure_ray(cfg.ray)
+        cfg = ltdi_ray.compose(*overrides, f"collect.num_tasks={n}", f"storage.uri={tmp}",
+                               f"collect.gpus_per_actor={gpus}")
+        ensure_ray(cfg.ray)  # not measured: the stage attaches to it
         start = time.perf_counter()
-        summary = run_collect(cfg)
+        summary = ltdi_ray.run("collect", cfg)
         seconds = time.perf_counter() - start
     return {"tasks_per_s": n / seconds, "files": summary["files"]}
 
@@ -77,11 +80,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-    from ltdi_ray.config import load_config
+    import ltdi_ray
+    from ltdi_ray.pipelines.collect import make_batcher
 
-    cfg = load_config(args.overrides)
-    per_task = max(per_task_rate(cfg, args.per_task_tasks, t) for t in sorted({1, os.cpu_count() or 1}))
-    batched = batched_rate(cfg, args.tasks, args.device)
+    cfg = ltdi_ray.compose(*args.overrides)
+    stored = make_batcher(cfg).theta0.shared  # computed once (reptile: meta-trained here), shared by the kernels
+    per_task = max(per_task_rate(cfg, args.per_task_tasks, t, stored) for t in sorted({1, os.cpu_count() or 1}))
+    batched = batched_rate(cfg, args.tasks, args.device, stored)
     pipeline = ({"tasks_per_s": float("nan"), "files": 0} if args.no_pipeline
                 else pipeline_rate(args.overrides, args.tasks, 1.0 if args.device == "cuda" else 0.0))
     print(json.dumps({

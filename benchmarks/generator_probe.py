@@ -1,13 +1,21 @@
 """Compare generator settings in-process (no Ray) at a fixed time or step budget, on CPU or GPU.
 
-Trains one generator with ``MetaTrainer`` exactly as the train stage does (same config keys) on
-either a collected dataset (``run_uri``) or ``--collect N`` training tasks collected in-process
-with the collect stage's batched inner loop (no Ray needed: this is how GPU machines without Ray
-run it). Prints one JSON line: training tasks/s, a learning curve (``--eval-every`` seconds: query
-metric (MSE or accuracy) of one DDIM jump per segment end on the test tasks) and the final metric (mean, median, 95% CI half-width) on
-``--tasks`` unseen test tasks (``--split``) for three samplers (and, for heads started at ProtoNet, ``start``:
-the ProtoNet heads themselves): the DDPM chain (``ddpm``), one DDIM jump per
-segment end (``ddim1``) and the DDPM chain with 8 candidates kept by support loss (``ddpm_n8``).
+Trains one generator with ``MetaTrainer`` as the train stage's workers do (same config keys; every
+part built by ``ltdi_ray.generator.build`` and the task family's hooks, theta_0 by
+``ltdi_ray.trajectories.theta0``) on either a collected dataset (``run_uri``) or ``--collect N``
+training tasks collected in-process with the collect stage's batched inner loop (no Ray needed: this
+is how GPU machines without Ray run it). Prints one JSON line: training tasks/s, a learning curve
+(every ``--eval-every`` seconds: the family's query metric, MSE or accuracy, of one DDIM jump per
+segment end on the scored tasks) and the final ``[mean, median, 95% CI half-width]`` on ``--tasks``
+unseen tasks for three samplers: the DDPM chain (``ddpm``), one DDIM jump per segment end
+(``ddim1``) and the DDPM chain with 8 candidates kept by support loss (``ddpm_n8``); and, where
+every chain starts at weights the family computes from the support (``trajectory.theta0=prototype``;
+Omniglot heads: the ProtoNet head), ``start``: those weights themselves.
+
+The scored tasks are validation tasks by default (``--split val``): settings are chosen on
+validation tasks, and the test tasks stay unseen until the evaluate stage's final table.
+``--split test`` scores test tasks; ``--split train`` fresh training episodes after the collected ones.
+Figures: docs/results/method-choices.md, docs/results/omniglot.md, docs/results/performance.md.
 
     python -m ltdi_ray collect collect.num_tasks=4000 storage.uri=/tmp/sin4g
     python benchmarks/generator_probe.py /tmp/sin4g --seconds 120 --overrides diffusion.segments=1
@@ -23,41 +31,49 @@ import time
 import numpy as np
 import torch
 
-from ltdi_ray.config import load_config
+import ltdi_ray
+from ltdi_ray.evaluation.stats import mean_ci
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import (DataFacts, build_chain_loss, build_diffusion, build_function_loss, build_model,
-                                      make_normalizer, support_of)
+from ltdi_ray.generator.build import (
+    DataFacts,
+    build_chain_loss,
+    build_diffusion,
+    build_function_loss,
+    build_model,
+    make_normalizer,
+)
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
-from ltdi_ray.models.heads import prototype_head
-from ltdi_ray.pipelines.backbone import ensure_backbone
-from ltdi_ray.pipelines.start import dataset_start
+from ltdi_ray.pipelines.prepare import prepare
+from ltdi_ray.storage.artifact import checkpoint_moments, read_norm_stats, stats_from_moments
 from ltdi_ray.tasks import make_family
-from ltdi_ray.storage.artifact import checkpoint_moments, stats_from_moments
-from ltdi_ray.trajectories import initial_theta
-from ltdi_ray.trajectories.batch import SHARED_MODES
+from ltdi_ray.tasks.episodes import support_of
+from ltdi_ray.trajectories.theta0 import stored_start, theta0_of
+
+COLUMNS = ["checkpoints", "pool_x", "pool_y", "support_idx"]
 
 
 def dataset_rows(cfg):
-    """Rows, norm stats, ParamSpec, saved steps and shared theta_0 (or None) of the dataset at ``storage.uri``."""
-    from ltdi_ray.pipelines.train import open_dataset  # imports Ray
-    from ltdi_ray.storage.artifact import read_norm_stats
+    """The family, rows, norm stats, ParamSpec, saved steps and :class:`Theta0` of the dataset at
+    ``storage.uri`` (as the train stage reads them)."""
+    from ltdi_ray.pipelines.train import open_dataset
 
     ds = open_dataset(cfg)
-    rows = ds.load(["checkpoints", "pool_x", "pool_y", "support_idx"])
-    return rows, read_norm_stats(ds.loc), ds.spec, ds.manifest["steps"], dataset_start(ds.loc, ds.manifest)
+    family = make_family(cfg.task, cfg.storage.endpoint_url)
+    theta0 = theta0_of(cfg, family, stored_start(ds.loc, ds.manifest))
+    return family, ds.load(COLUMNS), read_norm_stats(ds.loc), ds.spec, list(ds.manifest["steps"]), theta0
 
 
 def collected_rows(cfg, num_tasks: int, device: str, batch: int = 4096):
-    """The same, collected in-process on ``device`` (stats as the collect stage; ``reptile`` starts meta-trained here)."""
+    """The same, collected in-process on ``device`` (statistics as the collect stage computes them;
+    a single theta_0 is computed here: ``reptile`` meta-trains it)."""
     from ltdi_ray.pipelines.collect import make_batcher
 
     batcher = make_batcher(cfg, device)
     parts = [batcher(np.arange(i, min(i + batch, num_tasks))) for i in range(0, num_tasks, batch)]
-    rows = {k: np.concatenate([p[k] for p in parts]) for k in ["checkpoints", "pool_x", "pool_y", "support_idx"]}
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in COLUMNS}
     mean, std, _ = stats_from_moments(*checkpoint_moments(rows["checkpoints"]))
     stats = {"mean": mean, "std": std}
-    start = batcher.shared_theta0.cpu() if cfg.trajectory.theta0 in SHARED_MODES else None
-    return rows, stats, batcher.spec, list(batcher.opt.checkpoint_steps), start
+    return batcher.family, rows, stats, batcher.spec, cfg.trajectory.checkpoint_steps, batcher.theta0
 
 
 def main() -> None:
@@ -71,42 +87,46 @@ def main() -> None:
                    help="a step budget instead (overrides --seconds; also the length of train.lr_schedule=cosine)")
     p.add_argument("--eval-every", type=float, default=0.0, help="seconds between learning-curve points")
     p.add_argument("--tasks", type=int, default=600)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"],
-                   help="the scored episodes' split (train: fresh episodes after the collected ones)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="the scored episodes' split (default val: settings are chosen on validation tasks; "
+                        "train: fresh episodes after the collected ones)")
     p.add_argument("--overrides", nargs="*", default=[])
     args = p.parse_args()
     if bool(args.run_uri) == bool(args.collect):
         p.error("give either run_uri or --collect N")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = ensure_backbone(load_config(([f"storage.uri={args.run_uri}"] if args.run_uri else []) + list(args.overrides)))
-    torch.manual_seed(cfg.train.seed)  # the generator's initial weights, as in the train stage
+    cfg = prepare(ltdi_ray.compose(*([f"storage.uri={args.run_uri}"] if args.run_uri else []), *args.overrides))
     tic = time.time()
-    rows, stats, spec, steps, start = dataset_rows(cfg) if args.run_uri else collected_rows(cfg, args.collect, args.device)
+    family, rows, stats, spec, steps, theta0 = (dataset_rows(cfg) if args.run_uri
+                                                else collected_rows(cfg, args.collect, args.device))
     collect_s = time.time() - tic
-    diffusion, family = build_diffusion(cfg), make_family(cfg.task)
-    norm = make_normalizer(cfg, stats["mean"], stats["std"]).to(device)
-    targets = torch.from_numpy(rows["checkpoints"][:, diffusion.checkpoint_indices(steps)]).to(device)
+    # from here on what every train worker does (pipelines/train_worker.py), on all tasks at once
+    diffusion = build_diffusion(cfg)
+    norm = make_normalizer(family, stats["mean"], stats["std"]).to(device)
+    theta0 = theta0.to(device)
+    targets = torch.from_numpy(rows["checkpoints"][:, diffusion.checkpoint_indices(steps)]).float().to(device)
     store = TaskStore(norm.normalize(targets), family.to_torch(rows["pool_x"]).to(device),
                       family.targets_to_torch(rows["pool_y"]).to(device),
                       torch.from_numpy(rows["support_idx"].astype(np.int64)).to(device), classes=family.pool_classes)
-    facts = DataFacts(spec.dim, steps)
+    facts = DataFacts(spec.dim, list(steps))
+    torch.manual_seed(cfg.train.seed)  # the generator's initial weights, as in the train stage
     model = build_model(cfg, family, facts).to(device)
-    theta0 = (initial_theta(family, cfg.trajectory.init_seed) if start is None else start).to(device)
     trainer = MetaTrainer(model, diffusion, store, cfg.train, total_steps=args.steps or None,
                           function_loss=build_function_loss(cfg, family, spec, norm),
                           chain_loss=build_chain_loss(cfg, family, spec, norm, theta0))
-    gen = WeightGenerator(cfg, spec, facts, model, norm, theta0).to(device)
+    gen = WeightGenerator(cfg, spec, facts, model, norm, theta0.shared).to(device)  # shares model's weights
+    model.train()  # WeightGenerator puts the model it wraps in eval mode
     first = len(store) if args.split == "train" else 0
-    test = family.sample_many(args.split, range(first, first + args.tasks), cfg.collect.seed)
-    sx, sy = support_of(test, family, device, raw=True)
+    scored = family.sample_many(args.split, range(first, first + args.tasks), cfg.collect.seed)
+    sx, sy = support_of(scored, family, device, raw=True)
 
     def score(theta=None, **kw):
         model.eval()
-        metric = gen.query_metric(gen.generate_batch(sx, sy, seed=0, **kw) if theta is None else theta, test)
+        metric = gen.query_metric(gen.generate_batch(sx, sy, seed=0, **kw) if theta is None else theta, scored)
         model.train()
-        ci95 = 1.96 * float(metric.std()) / len(metric) ** 0.5
-        return [round(float(metric.mean()), 4), round(float(metric.median()), 4), round(ci95, 4)]
+        s = mean_ci(metric)
+        return [round(s["mean"], 4), round(float(metric.median()), 4), round(s["ci95"], 4)]
 
     curve, step, train_s, next_eval = [], 0, 0.0, args.eval_every
     while (step < args.steps) if args.steps else (train_s < args.seconds):
@@ -119,12 +139,12 @@ def main() -> None:
         if args.eval_every and train_s >= next_eval:
             curve.append([round(train_s, 1), step, *score(sampler="ddim", sample_steps=1)])
             next_eval += args.eval_every
-    out = {"overrides": args.overrides, "device": args.device, "collect_tasks": len(store),
+    out = {"overrides": args.overrides, "device": args.device, "split": args.split, "collect_tasks": len(store),
            "collect_s": round(collect_s, 1), "steps": step, "train_s": round(train_s, 1),
            "tasks_seen": step * cfg.train.meta_batch, "tasks_per_s": round(step * cfg.train.meta_batch / train_s, 1),
            "parameters": sum(p.numel() for p in model.parameters()), "curve": curve}
-    if cfg.trajectory.theta0 == "prototype":  # where every chain starts: the episode's ProtoNet head
-        out["start"] = score(prototype_head(*support_of(test, family, device), family.pool_classes))
+    if theta0.mode == "prototype":  # where every chain starts: weights computed from the episode's support
+        out["start"] = score(theta0.for_supports(family, *support_of(scored, family, device)))
     for name, kw in [("ddpm", {"sampler": "ddpm"}), ("ddim1", {"sampler": "ddim", "sample_steps": 1}),
                      ("ddpm_n8", {"sampler": "ddpm", "num_samples": 8})]:
         out[name] = score(**kw)

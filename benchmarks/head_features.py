@@ -2,7 +2,7 @@
 distinct drawing once (``OmniglotFamily.to_torch``, what collect, train and evaluate use).
 
 Prints one JSON line: episodes, drawings, distinct drawings, seconds of both paths and whether their
-features are identical.
+features are identical (docs/results/omniglot.md, "Speed: backbone features once per distinct drawing").
 
     python benchmarks/head_features.py --data ../shared/data/omniglot --backbone <run>/backbone/backbone.safetensors
 """
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from ltdi_ray.config import load_config
+import ltdi_ray
 from ltdi_ray.tasks import make_family
 
 
@@ -28,7 +28,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(["task=omniglot", f"task.root={args.data}", "task.generate=head", f"task.backbone={args.backbone}"])
+    cfg = ltdi_ray.compose("task=omniglot", f"task.root={args.data}", "task.generate=head",
+                           f"task.backbone={args.backbone}")
     family = make_family(cfg.task)
     pools = family.sample_many("train", range(args.episodes), cfg.collect.seed)["pool_x"]
     tic = time.time()

@@ -9,6 +9,7 @@ maml, fomaml, reptile, protonet, single_level, vanilla, ltdi, ltdi_finetune (que
 Then the same generator on ``--other-ways`` episodes (trained on 5-way; the baselines meta-trained
 for 5 ways are skipped there), one JSON line each. The first setting trains the feature extractor;
 the others reuse it (``task.backbone``), so every setting and method sees the same features.
+Figures: docs/results/omniglot.md ("Omniglot-242 benchmark, 5-way 1 and 5 shots").
 
     python benchmarks/quality_omniglot.py --data ../shared/data/omniglot [--shots 1 5] [--overrides k=v ...]
 """
@@ -24,14 +25,13 @@ from typing import Dict, List
 
 import torch
 
-from ltdi_ray.config import load_config
-from ltdi_ray.pipelines.backbone import ensure_backbone
-from ltdi_ray.pipelines.collect import run_collect
-from ltdi_ray.pipelines.evaluate import format_table, paired_differences, run_evaluate
-from ltdi_ray.pipelines.train import run_train
+import ltdi_ray
+from ltdi_ray.evaluation.report import format_table
+from ltdi_ray.evaluation.stats import paired_differences
+from ltdi_ray.pipelines.prepare import prepare
 
 # the benchmark scale on a 2-core CPU: 10,000 training episodes per setting, the tiny denoiser (on
-# 33-number class rows it matches `small` at equal time, 10x faster: README "Omniglot")
+# 33-number class rows it matches `small` at equal time, 10x faster: docs/results/omniglot.md, "Earlier probe")
 SCALE = ["task=omniglot", "task.generate=head", "collect.num_tasks=10000", "model.preset=tiny"]
 # The sinusoid step sizes (MAML paper: 0.01) barely move a head on unit-length features; a paper would
 # choose them on validation tasks, so this does, per method. MAML and Reptile test with the step size
@@ -51,9 +51,9 @@ def select_lrs(base: List[str], grid: List[float], tasks: int) -> Dict[str, dict
     scores: Dict[str, Dict[float, float]] = {m: {} for m in LR_KEYS}
     for lr in grid:
         keys = sorted({k for ks in LR_KEYS.values() for k in ks})
-        cfg = load_config([*base, "evaluate.split=val", f"evaluate.num_tasks={tasks}",
-                           f"evaluate.methods=[{','.join(LR_KEYS)}]", *(f"{k}={lr}" for k in keys)])
-        for method, r in run_evaluate(cfg)["methods"].items():
+        cfg = ltdi_ray.compose(*base, "evaluate.split=val", f"evaluate.num_tasks={tasks}",
+                               f"evaluate.methods=[{','.join(LR_KEYS)}]", *(f"{k}={lr}" for k in keys))
+        for method, r in ltdi_ray.run("evaluate", cfg)["methods"].items():
             scores[method][lr] = r["mean"]
     return {m: {"lr": max(s, key=s.get), "val": s} for m, s in scores.items()}
 
@@ -65,13 +65,15 @@ def test_table(base: List[str], chosen: Dict[str, dict], methods: List[str]) -> 
              for m in methods if m in LR_KEYS]
     record: dict = {}
     for extra in runs:
-        summary = run_evaluate(load_config([*base, *extra]))
+        summary = ltdi_ray.run("evaluate", ltdi_ray.compose(*base, *extra))
         with open(summary["uri"]) as fh:
             part = json.load(fh)
         merged = {k: {**record.get(k, {}), **part[k]} for k in ("methods", "settings", "per_task")}
         record = {**part, **merged}
     record["methods"] = {m: record["methods"][m] for m in methods if m in record["methods"]}
-    record["ltdi_minus"] = paired_differences({m: torch.tensor(v) for m, v in record["per_task"].items()})
+    record["per_task"] = {m: record["per_task"][m] for m in record["methods"]}  # in the table's order
+    record["ltdi_minus"] = paired_differences({m: torch.tensor(v, dtype=torch.float64)
+                                               for m, v in record["per_task"].items()})
     with open(summary["uri"], "w") as fh:  # the merged table is the run's results.json
         json.dump(record, fh, indent=1)
     return record
@@ -96,11 +98,11 @@ def main() -> None:
         base = [*SCALE, f"task.root={args.data}", f"task.shots={shots}",
                 f"storage.uri={args.root}/shots{shots}{args.tag}", *args.overrides]
         base += [f"task.backbone={backbone}"] if backbone else []
-        cfg = ensure_backbone(load_config(base))
+        cfg = prepare(ltdi_ray.compose(*base))  # the family's prepare: trains the extractor when none is given
         backbone = cfg.task.backbone
         base.append(f"task.backbone={backbone}")
-        run_collect(cfg)
-        run_train(cfg)
+        ltdi_ray.run("collect", cfg)
+        ltdi_ray.run("train", cfg)
         chosen = select_lrs(base, args.lr_grid, args.val_tasks)
         record = test_table(base, chosen, list(cfg.evaluate.methods))
         print(format_table(record), flush=True)
@@ -112,7 +114,7 @@ def main() -> None:
         for ways in args.other_ways:
             tic = time.time()
             lr = f"evaluate.ltdi_adapt_lr={chosen['ltdi_finetune']['lr']}"
-            other = run_evaluate(load_config([*base, f"evaluate.ways={ways}", lr]))
+            other = ltdi_ray.run("evaluate", ltdi_ray.compose(*base, f"evaluate.ways={ways}", lr))
             print(json.dumps({"task": "omniglot", "ways": ways, "shots": shots, "trained_ways": record["ways"],
                               "tasks": other["tasks"], "metric": other["metric"], "methods": other["methods"],
                               "seconds": round(time.time() - tic, 1)}), flush=True)

@@ -6,8 +6,8 @@ Prints one JSON line per setting,
 ``evaluate.methods`` (init, finetune, maml, fomaml, reptile, single_level, vanilla, ltdi,
 ltdi_finetune) on ``evaluate.num_tasks`` unseen test tasks, plus ``best_of_n``: the generators
 again with ``evaluate.num_samples=N`` (N candidates per task, the lowest support loss kept).
-Targets (DESIGN 4): ``ltdi`` (zero gradient steps) below ``maml`` (10 SGD steps), and ``ltdi``
-(k >= 2) below ``vanilla`` (k = 1).
+Targets (docs/design.md, section 4): ``ltdi`` (zero gradient steps) below ``maml`` (10 SGD steps), and
+``ltdi`` (k >= 2) below ``vanilla`` (k = 1). Figures: docs/results/sinusoid.md.
 
     python benchmarks/quality_sinusoid.py [--root /tmp/ltdi_quality] [--shots 5 10] [--overrides k=v ...]
 """
@@ -18,9 +18,7 @@ import argparse
 import json
 import time
 
-from ltdi_ray.config import load_config
-from ltdi_ray.pipelines.evaluate import run_evaluate
-from ltdi_ray.pipelines.pipeline import run_pipeline
+import ltdi_ray
 
 
 def main() -> None:
@@ -32,13 +30,13 @@ def main() -> None:
     args = p.parse_args()
     for shots in args.shots:
         tic = time.time()
-        cfg = load_config([f"task.shots={shots}", f"storage.uri={args.root}/shots{shots}", *args.overrides])
-        summary = run_pipeline(cfg)
+        base = [f"task.shots={shots}", f"storage.uri={args.root}/shots{shots}", *args.overrides]
+        summary = ltdi_ray.run("pipeline", ltdi_ray.compose(*base))
         with open(summary["uri"]) as fh:
             record = json.load(fh)
-        many = load_config([f"task.shots={shots}", f"storage.uri={args.root}/shots{shots}", *args.overrides,
-                            f"evaluate.num_samples={args.best_of}", "evaluate.methods=[vanilla,ltdi,ltdi_finetune]"])
-        best_of = run_evaluate(many)["methods"]
+        many = ltdi_ray.compose(*base, f"evaluate.num_samples={args.best_of}",
+                                "evaluate.methods=[vanilla,ltdi,ltdi_finetune]")
+        best_of = ltdi_ray.run("evaluate", many)["methods"]
         with open(summary["uri"], "w") as fh:  # keep the main table as the run's results.json
             json.dump(record, fh, indent=1)
         print(json.dumps({"task": "sinusoid", "shots": shots, "tasks": record["tasks"], "metric": record["metric"],

@@ -5,7 +5,8 @@ variant and segment count k, the trial with the best final validation metric, lo
 checkpoint with ``load_generator`` and scores its generated weights (zero gradient steps, the
 trial's own sampler settings) on ``--tasks`` test tasks, the same tasks for every trial. Prints one
 JSON line per trial (mean, 95% CI, median, epochs trained, params) and then one line per variant
-with the paired difference of every k against k = 1 on the same tasks (mean and 95% CI).
+with the paired difference of every k against k = 1 on the same tasks (mean and 95% CI), both from
+``ltdi_ray.evaluation.stats`` (as the evaluate stage's tables). Figures: docs/results/sweeps.md.
 
     python benchmarks/sweep_test_scores.py /tmp/ltdi_quality/shots5/tune/sweep [--tasks 600]
 """
@@ -14,18 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 from pathlib import Path
 
-import torch
-
 import ltdi_ray
-from ltdi_ray.generator.build import support_of
-
-
-def ci95(values: torch.Tensor) -> float:
-    return 1.96 * float(values.double().std()) / math.sqrt(len(values))
+from ltdi_ray.evaluation.stats import mean_ci
+from ltdi_ray.tasks.episodes import support_of
 
 
 def best_trials(sweep: Path) -> dict:
@@ -60,17 +55,18 @@ def main() -> None:
         sx, sy = support_of(test, gen.family, raw=True)
         metric = gen.query_metric(gen.generate_batch(sx, sy, seed=0), test)
         scores[(variant, k)] = metric
+        stats = mean_ci(metric)
         print(json.dumps({"variant": variant, "k": k, "params": row["params"], "epochs": row["epochs"],
-                          "val_metric": round(row["val_metric"], 4), "test_mean": round(float(metric.mean()), 4),
-                          "test_ci95": round(ci95(metric), 4), "test_median": round(float(metric.median()), 4)}),
+                          "val_metric": round(row["val_metric"], 4), "test_mean": round(stats["mean"], 4),
+                          "test_ci95": round(stats["ci95"], 4), "test_median": round(float(metric.median()), 4)}),
               flush=True)
     for variant in sorted({v for v, _ in scores}):
         if (variant, 1) not in scores:
             continue
         base = scores[(variant, 1)]
-        diffs = {k: scores[(v, k)] - base for v, k in scores if v == variant and k != 1}
+        diffs = {k: mean_ci(scores[(v, k)] - base) for v, k in scores if v == variant and k != 1}  # k minus k = 1
         print(json.dumps({"variant": variant, "paired_vs_k1": {
-            k: {"mean": round(float(d.mean()), 4), "ci95": round(ci95(d), 4)} for k, d in sorted(diffs.items())}}),
+            k: {"mean": round(d["mean"], 4), "ci95": round(d["ci95"], 4)} for k, d in sorted(diffs.items())}}),
             flush=True)
 
 

@@ -3,7 +3,8 @@
 Collects a sinusoid dataset once (``--tasks``), then for each ``--metas`` x ``--workers`` runs
 the train stage as a fresh run (``resume=false``) with ``--epochs`` epochs of ``--steps`` outer
 steps, the machine's CPUs split evenly over the workers, and prints one JSON line with the last
-epoch's tasks/s and the seconds per outer step spent computing and in the all-reduce.
+epoch's tasks/s and the seconds per outer step spent computing and in the all-reduce (the train
+stage's summary). Figures: docs/results/performance.md ("Meta-training throughput and scaling").
 
     python benchmarks/train_scaling.py [--workers 1 2] [--metas none reptile] [--overrides k=v ...]
 """
@@ -14,9 +15,7 @@ import argparse
 import json
 import os
 
-from ltdi_ray.config import load_config
-from ltdi_ray.pipelines.collect import run_collect
-from ltdi_ray.pipelines.train import run_train
+import ltdi_ray
 
 
 def main() -> None:
@@ -32,12 +31,12 @@ def main() -> None:
     args = p.parse_args()
     base = [f"storage.uri={args.root}", f"collect.num_tasks={args.tasks}", "ray.num_cpus=" + str(2 * args.cpus),
             f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", "resume=false", *args.overrides]
-    run_collect(load_config(base))
+    ltdi_ray.run("collect", ltdi_ray.compose(*base))
     for meta in args.metas:
         for workers in args.workers:
-            cfg = load_config([*base, f"train.meta={meta}", f"train.num_workers={workers}",
-                               f"train.cpus_per_worker={max(1, args.cpus // workers)}"])
-            s = run_train(cfg)
+            cfg = ltdi_ray.compose(*base, f"train.meta={meta}", f"train.num_workers={workers}",
+                                   f"train.cpus_per_worker={max(1, args.cpus // workers)}")
+            s = ltdi_ray.run("train", cfg)
             print(json.dumps({"meta": meta, "workers": workers, "cpus_per_worker": cfg.train.cpus_per_worker,
                               "meta_batch": cfg.train.meta_batch, "preset": cfg.model.preset,
                               "tasks_per_s": s["tasks_per_s"], "compute_s_per_step": s["compute_s_per_step"],

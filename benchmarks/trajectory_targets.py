@@ -3,7 +3,8 @@
 Collects ``--tasks`` training tasks with the collect stage's batched inner loop (``trajectory.theta0=
 reptile`` meta-trains its start first, as collect does) and prints one JSON line: the mean and median
 query metric at every saved checkpoint, how far theta_M is from theta_0 (mean L2 norm) and how spread
-the endpoints are (L2 norm of their per-coordinate standard deviation).
+the endpoints are (L2 norm of their per-coordinate standard deviation). Figures:
+docs/results/method-choices.md ("Where the trajectories start").
 
     python benchmarks/trajectory_targets.py --overrides trajectory.theta0=shared
     python benchmarks/trajectory_targets.py --overrides trajectory.theta0=reptile task.shots=10
@@ -18,9 +19,9 @@ import time
 import numpy as np
 import torch
 
-from ltdi_ray.config import load_config
+import ltdi_ray
 from ltdi_ray.pipelines.collect import make_batcher
-from ltdi_ray.trajectories import evaluate
+from ltdi_ray.trajectories.inner import evaluate
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     p.add_argument("--overrides", nargs="*", default=[])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(list(args.overrides))
+    cfg = ltdi_ray.compose(*args.overrides)
     tic = time.time()
     batcher = make_batcher(cfg)
     start_s = time.time() - tic

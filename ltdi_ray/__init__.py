@@ -1,4 +1,10 @@
-"""ltdi_ray: Lt-Di (learning to learn weight generation via trajectory diffusion) on Ray."""
+"""ltdi_ray: Lt-Di (learning to learn weight generation via trajectory diffusion) on Ray.
+
+    import ltdi_ray
+    cfg = ltdi_ray.compose("experiment=smoke")          # a validated config from key=value overrides
+    summary = ltdi_ray.run("pipeline", cfg)             # any stage: the CLI's summary
+    gen = ltdi_ray.load_generator(summary["generator_uri"])
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -15,4 +21,18 @@ def load_generator(uri: str, endpoint_url=None, device: str = "cpu"):
     return load(uri, endpoint_url, device)
 
 
-__all__ = ["__version__", "load_generator"]
+def compose(*overrides: str):
+    """A validated config from ``key=value`` overrides; see ``ltdi_ray.stages``."""
+    from ltdi_ray.stages import compose as compose_config
+
+    return compose_config(*overrides)
+
+
+def run(stage: str, cfg=None, *overrides: str) -> dict:
+    """Run a stage (prepare, collect, train, evaluate, pipeline, tune, plot); see ``ltdi_ray.stages``."""
+    from ltdi_ray.stages import run as run_stage
+
+    return run_stage(stage, cfg, *overrides)
+
+
+__all__ = ["__version__", "compose", "load_generator", "run"]

@@ -46,7 +46,7 @@ def bucket(s3_endpoint):
 
 def start_local_ray():
     """The session's local Ray (4 logical CPUs: room for Data next to actors). With the dashboard:
-    Train's placement-group cleaner needs its State API when Tune stops trials (RAY_NOTES 0.3)."""
+    Train's placement-group cleaner needs its State API when Tune stops trials (docs/ray-notes.md 0.3)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -3,9 +3,12 @@ import torch
 from torch.func import grad, grad_and_value, vmap
 
 from ltdi_ray.config import load_config
-from ltdi_ray.meta.baselines import MetaInitConfig, adapt, meta_gradient, train_meta_init
+from ltdi_ray.config.method import MetaInitConfig
+from ltdi_ray.config.schema import TrajectoryConfig
+from ltdi_ray.errors import ConfigError
+from ltdi_ray.meta.meta_init import adapt, meta_gradient, train_meta_init
 from ltdi_ray.pipelines.collect import make_batcher
-from ltdi_ray.trajectories import InnerOptimizer, run_per_task
+from ltdi_ray.trajectories.inner import run_per_task
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,11 +59,11 @@ def reference_maml(loss, theta, batch, steps, lr, first_order):
 
 
 def test_maml_and_fomaml_gradients_match_plain_autograd(batcher):
-    loss, theta = batcher.loss, batcher.shared_theta0
+    loss, theta = batcher.loss, batcher.theta0.shared
     batch = episodes(batcher, "train", range(3), queries=10)
     steps, lr = 3, 0.05
-    maml, maml_loss = meta_gradient(loss, theta, batch, MetaInitConfig("maml", inner_steps=steps, inner_lr=lr))
-    fo, fo_loss = meta_gradient(loss, theta, batch, MetaInitConfig("fomaml", inner_steps=steps, inner_lr=lr))
+    maml, maml_loss = meta_gradient(loss, theta, batch, "maml", MetaInitConfig(inner_steps=steps, inner_lr=lr))
+    fo, fo_loss = meta_gradient(loss, theta, batch, "fomaml", MetaInitConfig(inner_steps=steps, inner_lr=lr))
     assert maml.shape == fo.shape == theta.shape
     assert close(maml, reference_maml(loss, theta, batch, steps, lr, first_order=False))
     assert close(fo, reference_maml(loss, theta, batch, steps, lr, first_order=True))
@@ -83,18 +86,18 @@ def test_maml_and_fomaml_gradients_match_plain_autograd(batcher):
 
 
 def test_reptile_direction_is_theta_minus_mean_adapted(batcher):
-    loss, theta = batcher.loss, batcher.shared_theta0
+    loss, theta = batcher.loss, batcher.theta0.shared
     sx, sy, qx, qy = episodes(batcher, "train", range(3), queries=10)
-    cfg = MetaInitConfig("reptile", inner_steps=4, inner_lr=0.02)
-    g, _ = meta_gradient(loss, theta, (sx, sy, qx, qy), cfg)
+    cfg = MetaInitConfig(inner_steps=4, inner_lr=0.02)
+    g, _ = meta_gradient(loss, theta, (sx, sy, qx, qy), "reptile", cfg)
     x, y = torch.cat([sx, qx], 1), torch.cat([sy, qy], 1)
-    opt = InnerOptimizer("sgd", cfg.inner_lr, cfg.inner_steps, save_every=cfg.inner_steps)
+    opt = TrajectoryConfig(optimizer="sgd", lr=cfg.inner_lr, steps=cfg.inner_steps, save_every=cfg.inner_steps)
     adapted = torch.stack([run_per_task(loss, theta, x[i], y[i], opt)[-1] for i in range(3)])
     torch.testing.assert_close(g, theta - adapted.mean(0), rtol=1e-5, atol=1e-7)
 
 
 def test_adapt_zero_steps_and_sgd_matches_a_manual_loop(batcher):
-    loss, theta = batcher.loss, batcher.shared_theta0
+    loss, theta = batcher.loss, batcher.theta0.shared
     sx, sy, _, _ = episodes(batcher, "test", range(4))
     start = adapt(loss, theta, sx, sy, steps=0, lr=0.01)
     assert start.shape == (4, theta.numel()) and torch.equal(start, theta.expand(4, -1))
@@ -113,13 +116,13 @@ def test_adapt_zero_steps_and_sgd_matches_a_manual_loop(batcher):
 
 @pytest.mark.parametrize("method", ["maml", "fomaml", "reptile"])
 def test_training_is_deterministic(batcher, method):
-    cfg = MetaInitConfig(method, meta_steps=4, inner_steps=2, outer_lr=0.01)
+    cfg = MetaInitConfig(meta_steps=4, inner_steps=2, outer_lr=0.01)
     sample = lambda step: episodes(batcher, "train", range(5 * step, 5 * step + 5), queries=10)  # noqa: E731
-    theta_a, hist_a = train_meta_init(batcher.loss, batcher.shared_theta0, sample, cfg)
-    theta_b, hist_b = train_meta_init(batcher.loss, batcher.shared_theta0, sample, cfg)
+    theta_a, hist_a = train_meta_init(batcher.loss, batcher.theta0.shared, sample, method, cfg)
+    theta_b, hist_b = train_meta_init(batcher.loss, batcher.theta0.shared, sample, method, cfg)
     assert torch.equal(theta_a, theta_b) and hist_a == hist_b
     assert len(hist_a) == 4 and all(isinstance(v, float) for v in hist_a)
-    assert not torch.equal(theta_a, batcher.shared_theta0)
+    assert not torch.equal(theta_a, batcher.theta0.shared)
 
 
 @pytest.fixture(scope="module")
@@ -132,24 +135,23 @@ def held_out(batcher):
         with torch.no_grad():
             return float(vmap(batcher.loss)(adapted, qx, qy).mean())
 
-    return score, score(batcher.shared_theta0)
+    return score, score(batcher.theta0.shared)
 
 
 @pytest.mark.parametrize("method", ["maml", "fomaml", "reptile"])
 def test_meta_training_beats_the_shared_init_after_adaptation(batcher, held_out, method):
     # measured: theta_0 4.30; after 150 steps maml 1.71, fomaml 1.20, reptile 1.83
     score, baseline = held_out
-    cfg = MetaInitConfig(method, meta_steps=150, meta_batch=10, inner_steps=5, inner_lr=0.01, outer_lr=0.02)
+    cfg = MetaInitConfig(meta_steps=150, meta_batch=10, inner_steps=5, inner_lr=0.01, outer_lr=0.02)
     sample = lambda step: episodes(batcher, "train", range(10 * step, 10 * step + 10), queries=10)  # noqa: E731
-    theta, history = train_meta_init(batcher.loss, batcher.shared_theta0, sample, cfg)
+    theta, history = train_meta_init(batcher.loss, batcher.theta0.shared, sample, method, cfg)
     assert len(history) == 150
     assert sum(history[-20:]) < 0.9 * sum(history[:20])  # the learning curve goes down
     assert score(theta) < 0.7 * baseline
 
 
-def test_config_checks_and_describe():
-    assert MetaInitConfig("reptile", inner_steps=10).describe() == {
-        "method": "reptile", "meta_steps": 10000, "meta_batch": 25, "inner_steps": 10, "inner_lr": 0.01,
-        "outer_lr": 1e-3, "seed": 0}
+def test_an_unknown_method_and_bad_settings_are_refused(batcher):
     with pytest.raises(ValueError, match="method"):
-        MetaInitConfig("anil")
+        train_meta_init(batcher.loss, batcher.theta0.shared, lambda step: None, "anil", MetaInitConfig())
+    with pytest.raises(ConfigError, match="'meta_init.inner_lr'"):
+        MetaInitConfig(inner_lr=0)

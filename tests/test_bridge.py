@@ -1,8 +1,9 @@
-"""Reference tests of the bridge variant (DESIGN 2.3, second variant)."""
+"""Reference tests of the bridge variant (docs/design.md 2.3.2)."""
 
 import pytest
 import torch
 
+from ltdi_ray.config.method import DiffusionConfig
 from ltdi_ray.diffusion import BridgeDiffusion, Schedule, make_diffusion, segment_ends
 
 T = 20
@@ -80,10 +81,12 @@ def test_training_loss_is_zero_for_the_oracle_and_positive_otherwise(segment_dra
 def test_checkpoint_indices_start_with_theta0_and_variants_are_selected_by_name():
     steps = list(range(0, 101, 10))
     assert _bridge(k=3).checkpoint_indices(steps) == [0, 3, 7, 10]
-    assert make_diffusion("local_consistency", "linear", T, 3).checkpoint_indices(steps) == [3, 7, 10]
-    assert isinstance(make_diffusion("bridge", "cosine", T, 2), BridgeDiffusion)
-    with pytest.raises(ValueError, match="unknown diffusion variant"):
-        make_diffusion("flow", "linear", T, 1)
+    process = lambda **keys: make_diffusion(DiffusionConfig(steps=T, bridge_noise=0.5, bridge_start_noise=0.0,  # noqa: E731
+                                                            **keys))
+    assert process(variant="local_consistency", segments=3).checkpoint_indices(steps) == [3, 7, 10]
+    assert isinstance(process(variant="bridge", schedule="cosine", segments=2), BridgeDiffusion)
+    with pytest.raises(Exception, match="diffusion.variant"):
+        process(variant="flow")
 
 
 def test_start_noise_gives_ddpm_fresh_starts_and_leaves_ddim_at_theta0():

@@ -110,3 +110,18 @@ def test_a_killed_train_driver_resumes_from_its_last_checkpoint_when_resubmitted
     meta = read_meta(Location.parse(summary["generator_uri"]))
     assert summary["epochs"] == 4 and meta["metrics"]["start_epoch"] >= 1  # continued, not started over
     assert [h["epoch"] for h in meta["history"]] == [0, 1, 2, 3]  # the killed run's epochs kept in the record
+
+
+def test_the_package_carries_its_config_groups(tmp_path):
+    """A plain ``pip install .`` (a wheel) must compose configs from any directory: conf/ is package data."""
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "-q",
+                          "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("ltdi_ray-*.whl"))).namelist()
+    shipped = {n.removeprefix("ltdi_ray/conf/") for n in names if n.startswith("ltdi_ray/conf/")}
+    packaged = {str(p.relative_to(repo / "ltdi_ray" / "conf")) for p in (repo / "ltdi_ray" / "conf").rglob("*.yaml")}
+    assert shipped == packaged and "config.yaml" in shipped and "task/sinusoid.yaml" in shipped

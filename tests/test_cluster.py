@@ -19,9 +19,8 @@ def two_nodes(s3_endpoint):
     """Two Ray nodes with 2 CPUs and one ``trainer_slot`` each; the session's local Ray (if any)
     steps aside and comes back afterwards."""
     import ray
-    from ray.cluster_utils import Cluster
-
     from conftest import start_local_ray
+    from ray.cluster_utils import Cluster
 
     had_local = ray.is_initialized()
     ray.shutdown()

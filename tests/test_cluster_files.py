@@ -3,14 +3,14 @@ that exist, pin the Ray version pyproject.toml pins, and keep their safe default
 
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
-from ltdi_ray.cli import _stages
 from ltdi_ray.config import load_config
+from ltdi_ray.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -60,7 +60,7 @@ def test_launcher_yaml_passes_rays_own_schema():
 @pytest.mark.parametrize("where,argv", commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v[:2]))
 def test_commands_name_a_stage_and_keys_that_exist(where, argv):
     stage, overrides = argv[0], argv[1:]
-    assert stage in _stages(), f"{where}: unknown stage {stage}"
+    assert stage in STAGES, f"{where}: unknown stage {stage}"
     load_config(overrides)  # raises ConfigError on an unknown key or a bad value
 
 

@@ -10,12 +10,12 @@ import torch
 from ltdi_ray.config import load_config
 from ltdi_ray.errors import ConfigError, DataError, StorageError
 from ltdi_ray.pipelines.collect import run_collect
-from ltdi_ray.pipelines.start import START, dataset_start, read_start
 from ltdi_ray.storage.artifact import DATA_DIR, MANIFEST, read_norm_stats
 from ltdi_ray.storage.dataset import TrajectoryDataset
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
-from ltdi_ray.trajectories import initial_theta
+from ltdi_ray.trajectories.theta0 import FILE as START
+from ltdi_ray.trajectories.theta0 import initial_theta, read_stored, stored_start
 
 SMOKE = ["experiment=smoke", "collect.num_tasks=24", "collect.batch_size=8", "collect.num_actors=2"]
 
@@ -34,7 +34,7 @@ def test_collect_local_writes_a_complete_self_describing_dataset(ray_session, tm
     m = ds.manifest
     assert m["num_tasks"] == 24 and m["steps"] == [0, 5, 10, 15, 20] and m["param_spec"]["dim"] == 1761
     assert m["config"]["trajectory"]["lr"] == 0.01 and m["theta0"]["mode"] == "reptile"  # the sinusoid default
-    theta0, record = read_start(ds.loc, m["theta0"]["sha256"])
+    theta0, record = read_stored(ds.loc, m["theta0"]["sha256"])
     assert m["theta0"]["path"] == START and record.items() <= m["theta0"].items()
     assert record["trained"]["meta_steps"] == 5 and record["trained"]["train_tasks"] == 64  # smoke's start keys
     rows = ds.load()
@@ -83,8 +83,8 @@ def test_extending_and_refusing_to_mix(ray_session, tmp_path):
     assert start.read_bytes() == first_start  # the new tasks start where the first ones did
     rows = TrajectoryDataset.open(grown["uri"]).load(["checkpoints"])["checkpoints"]
     assert (rows[:, 0] == rows[0, 0]).all()
-    with pytest.raises(ConfigError, match=r"start.meta_steps: 5 -> 6"):
-        collect(tmp_path, "collect.num_tasks=32", "start.meta_steps=6")
+    with pytest.raises(ConfigError, match=r"reptile_start.meta_steps: 5 -> 6"):
+        collect(tmp_path, "collect.num_tasks=32", "reptile_start.meta_steps=6")
     with pytest.raises(ConfigError, match="trajectory.lr: 0.01 -> 0.02.*new storage.uri"):
         collect(tmp_path, "collect.num_tasks=32", "trajectory.lr=0.02")
     with pytest.raises(ConfigError, match="collect.num_tasks>=32"):
@@ -141,10 +141,10 @@ def test_corrupt_dataset_files_are_named(ray_session, tmp_path):
     start = os.path.join(ds.loc.path, START)
     open(start, "ab").write(b"x")
     with pytest.raises(DataError, match=f"{START} does not match the checksum"):
-        dataset_start(ds.loc, ds.manifest)
+        stored_start(ds.loc, ds.manifest)
     os.remove(start)
     with pytest.raises(DataError, match=f"{START} is missing"):
-        dataset_start(ds.loc, ds.manifest)
+        stored_start(ds.loc, ds.manifest)
     os.remove(os.path.join(ds.loc.path, MANIFEST))
     with pytest.raises(DataError, match="no complete trajectory dataset"):
         TrajectoryDataset.open(summary["uri"])

@@ -2,14 +2,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ltdi_ray.config import OmniglotTaskConfig, SinusoidTaskConfig, load_config
+from ltdi_ray.config import load_config
 from ltdi_ray.config.compose import overrides_from_argv
+from ltdi_ray.config.schema import loss_term_weight
 from ltdi_ray.errors import ConfigError
+from ltdi_ray.tasks.omniglot import OmniglotConfig
+from ltdi_ray.tasks.sinusoid import SinusoidConfig
 
 
 def test_defaults_compose_to_validated_dataclasses():
     cfg = load_config([])
-    assert isinstance(cfg.task, SinusoidTaskConfig)
+    assert isinstance(cfg.task, SinusoidConfig)
     assert (cfg.task.shots, cfg.task.pool_size, cfg.task.hidden) == (5, 100, [40, 40])
     assert cfg.storage.uri.startswith("/") and cfg.storage.uri.endswith("ltdi_runs/sinusoid")
 
@@ -23,7 +26,7 @@ def test_the_ridge_fit_defaults_on_with_fourier_features_and_refuses_to_run_with
 
 def test_smoke_experiment_and_task_group():
     cfg = load_config(["experiment=smoke", "task=omniglot", "task.root=/data/omni"])
-    assert isinstance(cfg.task, OmniglotTaskConfig)
+    assert isinstance(cfg.task, OmniglotConfig)
     assert cfg.collect.num_tasks == 64 and cfg.trajectory.steps == 20
     assert cfg.storage.uri.endswith("smoke-omniglot")
 
@@ -46,8 +49,8 @@ def test_s3_uri_is_kept_verbatim():
     ("storage.endpoint_url=127.0.0.1:9000", "storage.endpoint_url"),
     ("task=omniglot", "task.root"),
     ("model.encoder_ridge=-1", "model.encoder_ridge"),
-    ("start.meta_steps=0", "start.meta_steps"),
-    ("start.inner_lr=0", "start.inner_lr"),
+    ("reptile_start.meta_steps=0", "reptile_start.meta_steps"),
+    ("reptile_start.inner_lr=0", "reptile_start.inner_lr"),
     ("trajectory.theta0=maml", "trajectory.theta0"),
 ])
 def test_bad_values_fail_at_compose_time_naming_the_key(override, key):
@@ -57,7 +60,7 @@ def test_bad_values_fail_at_compose_time_naming_the_key(override, key):
 
 
 def test_unknown_family_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"no option 'nope' \(choices: omniglot, sinusoid\)"):
+    with pytest.raises(ConfigError, match=r"no option 'nope' \(choices: custom, omniglot, sinusoid\)"):
         load_config(["task=nope"])
 
 
@@ -87,13 +90,11 @@ def test_a_bare_path_first_argument_is_the_run_root():
 
 
 def test_the_function_space_term_needs_single_level_bridge_training():
-    from ltdi_ray.config.schema import function_loss_weight
-
-    assert function_loss_weight(load_config([])) == 0.1  # the measured default for sinusoid
-    assert function_loss_weight(load_config(["train.meta=reptile"])) == 0.0
-    assert function_loss_weight(load_config(["diffusion.variant=local_consistency"])) == 0.0
-    assert function_loss_weight(load_config(["task=omniglot", "task.root=/data/omni"])) == 0.0  # not measured there
-    assert function_loss_weight(load_config(["train.function_loss=0"])) == 0.0
+    assert loss_term_weight(load_config([]), "function_loss") == 0.1  # the measured default for sinusoid
+    assert loss_term_weight(load_config(["train.meta=reptile"]), "function_loss") == 0.0
+    assert loss_term_weight(load_config(["diffusion.variant=local_consistency"]), "function_loss") == 0.0
+    assert loss_term_weight(load_config(["task=omniglot", "task.root=/data/omni"]), "function_loss") == 0.0  # not measured there
+    assert loss_term_weight(load_config(["train.function_loss=0"]), "function_loss") == 0.0
     assert load_config([]).train.function_loss is None  # resolved where used: derived configs get their own
     with pytest.raises(ConfigError, match="'train.function_loss': applies to single-level training"):
         load_config(["train.function_loss=0.1", "train.meta=reptile"])
@@ -104,15 +105,13 @@ def test_the_function_space_term_needs_single_level_bridge_training():
 
 
 def test_the_chain_loss_defaults_on_for_omniglot_heads_and_needs_the_deterministic_bridge_chain():
-    from ltdi_ray.config.schema import chain_loss_weight
-
     head = ["task=omniglot", "task.root=/data/omni", "task.generate=head"]
-    assert chain_loss_weight(load_config(head)) == 0.3  # the measured default
-    assert chain_loss_weight(load_config([])) == 0.0  # sinusoid: not measured
-    assert chain_loss_weight(load_config(["task=omniglot", "task.root=/data/omni"])) == 0.0  # full networks
-    assert chain_loss_weight(load_config([*head, "diffusion.sampler=ddpm"])) == 0.0
-    assert chain_loss_weight(load_config([*head, "train.chain_loss=0"])) == 0.0
-    assert chain_loss_weight(load_config(["train.chain_loss=0.3"])) == 0.3
+    assert loss_term_weight(load_config(head), "chain_loss") == 0.3  # the measured default
+    assert loss_term_weight(load_config([]), "chain_loss") == 0.0  # sinusoid: not measured
+    assert loss_term_weight(load_config(["task=omniglot", "task.root=/data/omni"]), "chain_loss") == 0.0  # full networks
+    assert loss_term_weight(load_config([*head, "diffusion.sampler=ddpm"]), "chain_loss") == 0.0
+    assert loss_term_weight(load_config([*head, "train.chain_loss=0"]), "chain_loss") == 0.0
+    assert loss_term_weight(load_config(["train.chain_loss=0.3"]), "chain_loss") == 0.3
     with pytest.raises(ConfigError, match="'train.chain_loss': needs diffusion.variant=bridge and diffusion.sampler=ddim"):
         load_config([*head, "train.chain_loss=0.1", "diffusion.sampler=ddpm"])
     with pytest.raises(ConfigError, match="'train.chain_loss': applies to single-level training"):

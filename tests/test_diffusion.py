@@ -1,9 +1,9 @@
-"""Numerical reference tests of the diffusion process (DESIGN 2.3)."""
+"""Numerical reference tests of the diffusion process (docs/design.md 2.3)."""
 
 import pytest
 import torch
 
-from ltdi_ray.diffusion import SCHEDULES, Schedule, TrajectoryDiffusion, segment_ends, target_indices
+from ltdi_ray.diffusion import SCHEDULES, LocalConsistencyDiffusion, Schedule, segment_ends, target_indices
 
 T = 20
 
@@ -29,7 +29,7 @@ def test_segment_ends_and_targets():
 
 def test_forward_marginals_match_the_closed_form():
     s = Schedule.make("linear", T)
-    diff = TrajectoryDiffusion(s, segments=3)
+    diff = LocalConsistencyDiffusion(s, segments=3)
     gen = torch.Generator().manual_seed(0)
     target = torch.tensor([1.5, -2.0], dtype=torch.float64)
     for end in segment_ends(T, 3).tolist():
@@ -55,7 +55,7 @@ def _oracle_output(diff, target, x_t, t, end):
 
 @pytest.mark.parametrize("param", ["eps", "x0", "v"])
 def test_segment_minimiser_turns_the_global_step_into_the_segment_step(param):
-    diff = TrajectoryDiffusion(Schedule.make("linear", T), segments=4, parameterization=param)
+    diff = LocalConsistencyDiffusion(Schedule.make("linear", T), segments=4, parameterization=param)
     gen = torch.Generator().manual_seed(1)
     n, dim = 64, 5
     end = diff.ends[torch.randint(0, 4, (n,), generator=gen)]
@@ -64,14 +64,14 @@ def test_segment_minimiser_turns_the_global_step_into_the_segment_step(param):
     x_t = diff.q_sample(target, t, end, torch.randn(n, dim, generator=gen, dtype=torch.float64))
     out = _oracle_output(diff, target, x_t, t, end)[param]
     torch.testing.assert_close(diff.model_mean(out, x_t, t), diff.segment_mean(target, x_t, t, end))
-    # the eps-form minimiser is DESIGN's f = sqrt((1 - abar_t) / (1 - abar^(i)_t)) * eps
+    # the eps-form minimiser is docs/design.md 2.3.1's f = sqrt((1 - abar_t) / (1 - abar^(i)_t)) * eps
     if param == "eps":
         eps = (x_t - diff.local_abar(t, end).sqrt().unsqueeze(-1) * target) / (1 - diff.local_abar(t, end)).sqrt().unsqueeze(-1)
         torch.testing.assert_close(out, ((1 - diff.schedule.abar[t]) / (1 - diff.local_abar(t, end))).sqrt().unsqueeze(-1) * eps)
 
 
 def test_x0_weighting_is_the_x0_space_error_for_one_segment():
-    diff = TrajectoryDiffusion(Schedule.make("linear", T), segments=1, parameterization="x0", weighting="x0")
+    diff = LocalConsistencyDiffusion(Schedule.make("linear", T), segments=1, parameterization="x0", weighting="x0")
     model = lambda x, t, c: 0.5 * x + c  # noqa: E731
     targets = torch.randn(8, 1, 3, dtype=torch.float64)
     cond = torch.randn(8, 3, dtype=torch.float64)
@@ -85,7 +85,7 @@ def test_x0_weighting_is_the_x0_space_error_for_one_segment():
 
 
 def test_one_segment_with_eps_weighting_is_the_standard_ddpm_loss():
-    diff = TrajectoryDiffusion(Schedule.make("cosine", T), segments=1, parameterization="eps", weighting="eps")
+    diff = LocalConsistencyDiffusion(Schedule.make("cosine", T), segments=1, parameterization="eps", weighting="eps")
     weight = torch.randn(3, 3, dtype=torch.float64)
     model = lambda x, t, c: torch.tanh(x @ weight) + t.unsqueeze(-1) / T + c  # noqa: E731
     targets = torch.randn(8, 1, 3, dtype=torch.float64)
@@ -101,7 +101,7 @@ def test_one_segment_with_eps_weighting_is_the_standard_ddpm_loss():
 
 @pytest.mark.parametrize("param", ["eps", "x0", "v"])
 def test_oracle_loss_is_zero(param):
-    diff = TrajectoryDiffusion(Schedule.make("sigmoid", T), segments=1, parameterization=param)
+    diff = LocalConsistencyDiffusion(Schedule.make("sigmoid", T), segments=1, parameterization=param)
     end0 = torch.zeros(1, dtype=torch.long)
 
     def oracle(x, t, target):  # the condition carries the task's true target
@@ -114,7 +114,7 @@ def test_oracle_loss_is_zero(param):
 @pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddim", None), ("ddim", 5)])
 @pytest.mark.parametrize("param", ["eps", "x0", "v"])
 def test_chain_with_an_oracle_lands_on_its_target(sampler, steps, param):
-    diff = TrajectoryDiffusion(Schedule.make("linear", T), segments=1, parameterization=param)
+    diff = LocalConsistencyDiffusion(Schedule.make("linear", T), segments=1, parameterization=param)
     end0 = torch.zeros(1, dtype=torch.long)
     target = torch.randn(32, 6)
 
@@ -127,7 +127,7 @@ def test_chain_with_an_oracle_lands_on_its_target(sampler, steps, param):
 
 def test_local_consistency_chain_passes_each_target():
     k = 3
-    diff = TrajectoryDiffusion(Schedule.make("linear", T), segments=k, parameterization="x0")
+    diff = LocalConsistencyDiffusion(Schedule.make("linear", T), segments=k, parameterization="x0")
     ends = diff.ends.tolist()
     targets = torch.randn(k, 4, dtype=torch.float64)
 

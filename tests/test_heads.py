@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
+from ltdi_ray.base_nets import ParamSpec
 from ltdi_ray.config import load_config
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import DataFacts, build_model, make_normalizer, support_of
-from ltdi_ray.meta.trainer import draw_picks
-from ltdi_ray.models import head_rows, prototype_head
-from ltdi_ray.nets import ParamSpec
-from ltdi_ray.nets.pretrain import PretrainSettings, character_classes, pretrain_backbone
+from ltdi_ray.generator.build import DataFacts, build_model, make_normalizer
+from ltdi_ray.generator.heads import head_rows, prototype_head
 from ltdi_ray.tasks import make_family
-from ltdi_ray.trajectories import initial_theta
+from ltdi_ray.tasks.episodes import draw_picks, support_of
+from ltdi_ray.tasks.omniglot_backbone import character_classes, pretrain_backbone
+from ltdi_ray.trajectories.theta0 import initial_theta
 
 
 def head_generator(root, *extra) -> WeightGenerator:
@@ -27,7 +27,7 @@ def head_generator(root, *extra) -> WeightGenerator:
     facts = DataFacts(spec.dim, list(range(0, 101, 10)))
     torch.manual_seed(0)
     model = build_model(cfg, family, facts)
-    norm = make_normalizer(cfg, torch.randn(spec.dim), torch.rand(spec.dim) + 0.5)
+    norm = make_normalizer(family, torch.randn(spec.dim), torch.rand(spec.dim) + 0.5)
     return WeightGenerator(cfg, spec, facts, model, norm, initial_theta(family, 0))
 
 
@@ -77,7 +77,7 @@ def test_full_mode_generator_refuses_another_number_of_ways(omniglot_root):
     spec = ParamSpec.from_module(family.build_net())
     model = build_model(cfg, family, DataFacts(spec.dim, [0, 50, 100]))
     gen = WeightGenerator(cfg, spec, DataFacts(spec.dim, [0, 50, 100]), model,
-                          make_normalizer(cfg, torch.zeros(spec.dim), torch.ones(spec.dim)), initial_theta(family, 0))
+                          make_normalizer(family, torch.zeros(spec.dim), torch.ones(spec.dim)), initial_theta(family, 0))
     sx, sy = support_of(family.sample_many("test", range(2)), family, raw=True)
     assert gen.generate_batch(sx, sy, seed=0).shape == (2, spec.dim)
     assert gen.to_module(gen.generate_batch(sx, sy)[0])(sx[0].unsqueeze(1)).shape == (5, 5)
@@ -110,9 +110,11 @@ def test_backbone_pretraining_learns_and_is_deterministic():
     images = (shapes ^ (rng.random((6, 20, 12, 12)) < 0.05)).astype(np.uint8) * 255
     x, y = character_classes(images, rotate=True)
     assert x.shape == (6 * 4 * 20, 1, 12, 12) and int(y.max()) == 23
-    s = PretrainSettings(channels=8, depth=2, image_size=12, rotate=True, epochs=8, lr=3e-3, batch_size=32, seed=1)
-    net, history = pretrain_backbone(images, s)
-    again, _ = pretrain_backbone(images, s)
+    task = load_config(["task=omniglot", "task.root=/unused", "task.channels=8", "task.depth=2", "task.image_size=12",
+                        "task.pretrain.epochs=8", "task.pretrain.lr=3e-3", "task.pretrain.batch_size=32",
+                        "task.pretrain.seed=1"]).task
+    net, history = pretrain_backbone(images, task)
+    again, _ = pretrain_backbone(images, task)
     assert history[-1] < 0.5 * history[0]
     for a, b in zip(net.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
@@ -122,8 +124,10 @@ def test_prototype_start_runs_the_trajectory_from_each_tasks_protonet_head(omnig
     from ltdi_ray.errors import ConfigError
     from ltdi_ray.pipelines.collect import make_batcher
 
-    with pytest.raises(ConfigError, match="prototype needs task=omniglot task.generate=head"):
+    with pytest.raises(ConfigError, match="'trajectory.theta0': prototype needs a start computed from the support"):
         load_config(["trajectory.theta0=prototype"])
+    with pytest.raises(ConfigError, match="'trajectory.theta0': prototype needs"):
+        load_config(["task=omniglot", f"task.root={omniglot_root}", "trajectory.theta0=prototype"])  # full networks
 
     cfg = load_config(["task=omniglot", f"task.root={omniglot_root}", "task.generate=head", "task.backbone=random",
                        "task.channels=8", "trajectory.theta0=prototype", "trajectory.steps=4", "trajectory.save_every=2"])

@@ -2,23 +2,25 @@ import numpy as np
 import pytest
 import torch
 
+from ltdi_ray.base_nets import ParamSpec
 from ltdi_ray.config import load_config
-from ltdi_ray.nets import ParamSpec
+from ltdi_ray.config.schema import TrajectoryConfig
 from ltdi_ray.pipelines.collect import make_batcher
 from ltdi_ray.tasks import make_family
-from ltdi_ray.trajectories import InnerOptimizer, TrajectoryBatcher, initial_theta, make_loss, run_batched, run_per_task
+from ltdi_ray.trajectories.inner import make_functional, run_batched, run_per_task
+from ltdi_ray.trajectories.theta0 import initial_theta
 
 
 @pytest.mark.parametrize("opt", [
-    InnerOptimizer("adam", lr=0.01, steps=30, save_every=10),
-    InnerOptimizer("sgd", lr=0.02, steps=30, save_every=5),
-    InnerOptimizer("adam", lr=0.01, steps=20, save_every=10, sam_rho=0.05),
+    TrajectoryConfig("adam", lr=0.01, steps=30, save_every=10),
+    TrajectoryConfig("sgd", lr=0.02, steps=30, save_every=5),
+    TrajectoryConfig("adam", lr=0.01, steps=20, save_every=10, sam_rho=0.05),
 ], ids=["adam", "sgd", "adam-sam"])
 def test_batched_matches_per_task_reference(opt):
     fam = make_family(load_config([]).task)
     net = fam.build_net()
     spec = ParamSpec.from_module(net)
-    loss = make_loss(net, spec, fam.loss)
+    loss = make_functional(net, spec, fam.loss)
     ep = fam.sample_many("train", range(6))
     x, y = torch.from_numpy(ep["pool_x"]), torch.from_numpy(ep["pool_y"])
     theta0 = initial_theta(fam, 0).expand(6, -1)
@@ -36,10 +38,10 @@ def test_batched_matches_reference_for_the_conv_net(omniglot_root):
     fam = make_family(load_config(["task=omniglot", f"task.root={omniglot_root}", "task.channels=8"]).task)
     net = fam.build_net().double()
     spec = ParamSpec.from_module(net)
-    loss = make_loss(net, spec, fam.loss)
+    loss = make_functional(net, spec, fam.loss)
     ep = fam.sample_many("train", range(2))
     x, y = fam.to_torch(ep["pool_x"]).double(), fam.targets_to_torch(ep["pool_y"])
-    opt = InnerOptimizer("adam", lr=0.01, steps=6, save_every=3)
+    opt = TrajectoryConfig("adam", lr=0.01, steps=6, save_every=3)
     theta0 = initial_theta(fam, 0).double().expand(2, -1)
     batched = run_batched(loss, theta0, x, y, opt)
     for i in range(2):
@@ -60,15 +62,13 @@ def test_batcher_rows_shared_and_per_task_theta0():
 
 
 def test_a_reptile_batcher_starts_every_task_at_the_start_it_is_given():
-    cfg = load_config(["trajectory.steps=10", "trajectory.save_every=5", "start.meta_steps=3", "start.tasks=16"])
+    cfg = load_config(["trajectory.steps=10", "trajectory.save_every=5", "reptile_start.meta_steps=3", "reptile_start.tasks=16"])
     assert cfg.trajectory.theta0 == "reptile"
     start = torch.randn(1761)
-    rows = make_batcher(cfg, start=start)(np.array([0, 5]))
+    rows = make_batcher(cfg, shared=start)(np.array([0, 5]))
     assert (rows["checkpoints"][:, 0] == start.numpy()).all()
     trained = make_batcher(cfg)  # no start given: meta-trained from the base init (3 Reptile steps here)
-    assert not torch.equal(trained.shared_theta0, initial_theta(trained.family, 0))
-    with pytest.raises(ValueError, match="needs its meta-learned start"):
-        TrajectoryBatcher(trained.family, trained.opt, "train", 0, "reptile")
+    assert not torch.equal(trained.theta0.shared, initial_theta(trained.family, 0))
 
 
 def test_diverging_inner_loop_is_reported_with_task_ids():

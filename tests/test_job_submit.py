@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, _free_port
 
 pytestmark = pytest.mark.cluster
@@ -123,3 +122,17 @@ def test_submitted_pipeline_writes_to_s3(head, s3_endpoint, bucket):
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
     assert fs.exists(f"{bucket}/run/trajectories/_manifest.json")
     assert fs.exists(f"{bucket}/run/generator/generator.json") and fs.exists(f"{bucket}/run/results.json")
+
+
+def test_a_family_of_the_users_own_runs_from_its_working_dir(head, tmp_path):
+    """The example family, submitted from its own directory: the driver and every worker import it from
+    the uploaded working dir; nothing of it is installed."""
+    address, env = head
+    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO / "examples" / "polynomial"), "--",
+           sys.executable, "-m", "ltdi_ray", "pipeline", "config_file=polynomial.yaml", "experiment=smoke",
+           "collect.num_tasks=32", "collect.num_actors=1", "evaluate.methods=[init,maml,ltdi]", f"storage.uri={tmp_path}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and "succeeded" in (done.stdout + done.stderr).lower(), done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads([line.strip() for line in done.stdout.splitlines() if line.strip().startswith('{"stage": "pipeline"')][-1])
+    assert set(summary["evaluate"]) == {"init", "maml", "ltdi"}
+    assert json.loads((tmp_path / "results.json").read_text())["task"] == "polynomial"

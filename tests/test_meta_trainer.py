@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from ltdi_ray.config import load_config
+from ltdi_ray.config.method import DiffusionConfig
 from ltdi_ray.diffusion import make_diffusion
 from ltdi_ray.generator.build import build_diffusion
-from ltdi_ray.meta import Generator, MetaTrainer, TaskStore
-from ltdi_ray.meta.trainer import shard_range
-from ltdi_ray.models import PRESETS, ResMLPDenoiser, SetEncoder
+from ltdi_ray.generator.denoisers import PRESETS, ResMLPDenoiser
+from ltdi_ray.generator.encoders import SetEncoder
+from ltdi_ray.generator.network import GeneratorNet
+from ltdi_ray.meta.trainer import MetaTrainer, TaskStore, shard_range
 
 D, T, N = 12, 10, 40
 
@@ -26,9 +28,9 @@ def _store(rank=0, world=1):
 
 def _function_loss(weight):
     """A function-space term over a D-weight network (tanh(W x + b), W and b of 6 each)."""
+    from ltdi_ray.base_nets.paramspec import ParamSpec
+    from ltdi_ray.generator.normalizer import WeightNormalizer
     from ltdi_ray.meta.function_loss import FunctionSpaceLoss
-    from ltdi_ray.models import WeightNormalizer
-    from ltdi_ray.nets.paramspec import ParamSpec
 
     net = torch.nn.Sequential(torch.nn.Linear(1, D // 2), torch.nn.Tanh())
     return FunctionSpaceLoss(net, ParamSpec.from_module(net), WeightNormalizer(torch.zeros(D), torch.ones(D)), weight)
@@ -36,19 +38,19 @@ def _function_loss(weight):
 
 def _chain_loss(weight):
     """The chain's task loss over a D-weight network (1 -> 4 tanh -> 1 without an output bias), chains from 0."""
+    from ltdi_ray.base_nets.paramspec import ParamSpec
+    from ltdi_ray.generator.normalizer import WeightNormalizer
     from ltdi_ray.meta.chain_loss import ChainLoss
-    from ltdi_ray.models import WeightNormalizer
-    from ltdi_ray.nets.paramspec import ParamSpec
 
     net = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1, bias=False))
     start = lambda sx, sy: torch.zeros(sx.shape[0], D)  # noqa: E731
     return ChainLoss(net, ParamSpec.from_module(net), WeightNormalizer(torch.zeros(D), torch.ones(D)), weight,
-                     start, "mse", sample_steps=1)
+                     start, lambda pred, y: (pred - y).square().mean(), sample_steps=1)
 
 
 def _trainer(meta, rank=0, world=1, allreduce=None, variant="bridge", extra=()):
     torch.manual_seed(0)
-    gen = Generator(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
+    gen = GeneratorNet(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
     cfg = load_config([f"train.meta={meta}", "train.meta_batch=6", "train.inner_steps=2", f"diffusion.steps={T}",
                        f"diffusion.variant={variant}", "diffusion.segments=3", *extra])
     store = _store(rank, world)
@@ -124,9 +126,9 @@ def test_outer_steps_lower_the_loss(meta):
 
 def test_cosine_schedule_is_a_function_of_the_step():
     torch.manual_seed(0)
-    gen = Generator(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
+    gen = GeneratorNet(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
     cfg = load_config(["train.lr_schedule=cosine", "train.lr=0.002", "train.epochs=2", "train.steps_per_epoch=5"]).train
-    trainer = MetaTrainer(gen, make_diffusion("bridge", "linear", T, 3), _store(), cfg)
+    trainer = MetaTrainer(gen, make_diffusion(DiffusionConfig(steps=T, segments=3, bridge_noise=0.5, bridge_start_noise=0.0)), _store(), cfg)
     assert [round(trainer.lr_at(s), 6) for s in (0, 5, 10, 12)] == [0.002, 0.001, 0.0, 0.0]
     trainer.step(5)
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)

@@ -5,16 +5,21 @@ import copy
 import pytest
 import torch
 
-from ltdi_ray.diffusion import Schedule, TrajectoryDiffusion, make_diffusion
-from ltdi_ray.meta import Generator, apply_meta_gradient, reptile_meta_gradient, single_level_step, task_loss
-from ltdi_ray.models import PRESETS, ResMLPDenoiser, SetEncoder, WeightNormalizer
+from ltdi_ray.config.method import DiffusionConfig
+from ltdi_ray.diffusion import LocalConsistencyDiffusion, Schedule, make_diffusion
+from ltdi_ray.generator.denoisers import PRESETS, ResMLPDenoiser
+from ltdi_ray.generator.encoders import SetEncoder
+from ltdi_ray.generator.network import GeneratorNet
+from ltdi_ray.generator.normalizer import WeightNormalizer
+from ltdi_ray.meta.reptile import apply_meta_gradient, reptile_meta_gradient
+from ltdi_ray.meta.task_loss import task_loss
 
 D, T = 12, 10
 
 
 def _generator(seed=0):
     torch.manual_seed(seed)
-    return Generator(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
+    return GeneratorNet(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
 
 
 def _batch(b=4, k=2, shots=5):
@@ -80,14 +85,16 @@ def test_normalizer_round_trip_and_floor():
 
 def test_single_level_training_reduces_the_loss():
     gen = _generator()
-    diff = TrajectoryDiffusion(Schedule.make("linear", T), segments=2)
+    diff = LocalConsistencyDiffusion(Schedule.make("linear", T), segments=2)
     targets, sx, sy = _batch(b=8)
     opt = torch.optim.Adam(gen.parameters(), lr=3e-3)
     fixed = torch.Generator().manual_seed(7)
     with torch.no_grad():
         before = float(task_loss(gen, diff, targets, sx, sy, draws=8, generator=fixed))
-    for _ in range(150):
-        single_level_step(gen, diff, opt, targets, sx, sy, draws=4)
+    for _ in range(150):  # single-level training: the same loss, minimised directly
+        opt.zero_grad(set_to_none=True)
+        task_loss(gen, diff, targets, sx, sy, draws=4).backward()
+        opt.step()
     with torch.no_grad():
         after = float(task_loss(gen, diff, targets, sx, sy, draws=8, generator=torch.Generator().manual_seed(7)))
     assert after < 0.5 * before
@@ -95,7 +102,7 @@ def test_single_level_training_reduces_the_loss():
 
 @pytest.mark.parametrize("variant", ["local_consistency", "bridge"])
 def test_reptile_meta_gradient_is_the_mean_displacement_of_per_task_sgd(variant):
-    diff = make_diffusion(variant, "linear", T, 2)
+    diff = make_diffusion(DiffusionConfig(variant=variant, steps=T, segments=2, bridge_noise=0.5, bridge_start_noise=0.0))
     targets, sx, sy = _batch(b=3, k=3 if variant == "bridge" else 2)
     gen = _generator()
     phi = [p.detach().clone() for p in gen.parameters()]
@@ -122,7 +129,7 @@ def test_reptile_meta_gradient_is_the_mean_displacement_of_per_task_sgd(variant)
 
 
 def test_class_token_head_generator_is_equivariant_to_the_label_order():
-    from ltdi_ray.models.heads import ClassTokenDenoiser, PrototypeEncoder, head_flat, head_rows
+    from ltdi_ray.generator.heads import ClassTokenDenoiser, PrototypeEncoder, head_flat, head_rows
 
     torch.manual_seed(0)
     ways, feat, shots = 5, 8, 3

@@ -8,13 +8,13 @@ import torch
 
 import ltdi_ray
 from ltdi_ray.config import load_config
-from ltdi_ray.generator.build import support_of
-from ltdi_ray.pipelines.backbone import run_backbone
 from ltdi_ray.pipelines.evaluate import run_evaluate
 from ltdi_ray.pipelines.pipeline import run_pipeline
+from ltdi_ray.pipelines.prepare import run_prepare
+from ltdi_ray.tasks.episodes import support_of
 
 TOY = ["experiment=smoke", "task=omniglot", "task.channels=8", "collect.num_tasks=32", "collect.num_actors=1",
-       "backbone.epochs=1", "evaluate.baseline.meta_steps=20"]
+       "task.pretrain.epochs=1", "evaluate.baseline.meta_steps=20"]
 
 
 def test_head_pipeline_trains_its_backbone_and_generates_any_number_of_ways(ray_session, tmp_path, omniglot_root):
@@ -22,7 +22,9 @@ def test_head_pipeline_trains_its_backbone_and_generates_any_number_of_ways(ray_
             "evaluate.methods=[init,finetune,maml,protonet,vanilla,ltdi,ltdi_finetune]"]
     summary = run_pipeline(load_config(args))
     backbone = tmp_path / "backbone" / "backbone.safetensors"
-    assert backbone.is_file() and json.loads((tmp_path / "backbone" / "backbone.json").read_text())["characters"] == 150
+    record = json.loads((tmp_path / "backbone" / "backbone.json").read_text())
+    assert backbone.is_file() and record["characters"] == 150 and len(record["loss"]) == 1
+    assert 0.2 < record["val_protonet_acc"] <= 1  # measured on validation episodes right after training
     record = json.loads(open(summary["uri"]).read())
     assert record["metric"] == "accuracy" and record["ways"] == 5 and record["shots"] == 1
     assert set(record["methods"]) == {"init", "finetune", "maml", "protonet", "vanilla", "ltdi", "ltdi_finetune"}
@@ -33,8 +35,8 @@ def test_head_pipeline_trains_its_backbone_and_generates_any_number_of_ways(ray_
     assert gen.cfg.task.backbone == str(backbone)  # the checkpoint names the extractor it was trained with
     net = gen.generate(*[t[0] for t in support_of(gen.family.sample_many("test", [0]), gen.family, raw=True)])
     assert net(torch.rand(3, 1, 28, 28)).shape == (3, 5)
-    again = run_backbone(load_config(args))  # finds it, trains nothing
-    assert again["uri"] == str(backbone) and again["epochs"] == 1
+    again = run_prepare(load_config(args))  # finds it, trains nothing
+    assert again["prepared"] == [f"task.backbone: None -> {str(backbone)!r}"] and again["seconds"] < 5
     ten = run_evaluate(load_config([*args, "evaluate.ways=10"]))
     assert set(ten["methods"]) == {"init", "finetune", "protonet", "ltdi", "ltdi_finetune"}  # the rest are 5-way
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from ltdi_ray.base_nets import MLP, ConvNet, ParamSpec
 from ltdi_ray.errors import DataError
-from ltdi_ray.nets import ConvNet, MLP, ParamSpec
 
 
 def test_sinusoid_mlp_has_the_maml_size():

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import FAKE_KEY_ID, FAKE_SECRET
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import FAKE_KEY_ID, FAKE_SECRET
 from ltdi_ray.config import load_config
 from ltdi_ray.errors import ConfigError, StorageError
 from ltdi_ray.pipelines.pipeline import run_pipeline

@@ -106,8 +106,8 @@ def test_head_mode_generates_only_the_classifier_on_a_fixed_backbone(omniglot_ro
     import torch
     from safetensors.torch import save_file
 
-    from ltdi_ray.nets import ConvNet, ParamSpec
-    from ltdi_ray.trajectories import initial_theta
+    from ltdi_ray.base_nets import ConvNet, ParamSpec
+    from ltdi_ray.trajectories.theta0 import initial_theta
 
     fam = _omniglot(omniglot_root, "task.generate=head", "task.channels=8", "task.backbone=random")
     a = fam.build_net()

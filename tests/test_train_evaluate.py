@@ -11,16 +11,18 @@ from hypothesis import strategies as st
 import ltdi_ray
 from ltdi_ray.config import load_config
 from ltdi_ray.errors import ConfigError, DataError, LtdiError
-from ltdi_ray.generator.build import support_of
+from ltdi_ray.evaluation.background import finish, training_pools
+from ltdi_ray.evaluation.methods import METHODS
 from ltdi_ray.generator.checkpoint import META, read_meta, read_train_state
+from ltdi_ray.meta.meta_init import meta_train_on_pools
 from ltdi_ray.pipelines.collect import run_collect
-from ltdi_ray.pipelines import evaluate as evaluate_stage
-from ltdi_ray.pipelines.evaluate import run_evaluate
+from ltdi_ray.pipelines.evaluate import evaluation_of, run_evaluate
 from ltdi_ray.pipelines.plot import run_plot
-from ltdi_ray.pipelines.start import meta_init, read_start
 from ltdi_ray.pipelines.train import run_train
 from ltdi_ray.storage.fs import Location
-from ltdi_ray.trajectories import evaluate, initial_theta
+from ltdi_ray.tasks.episodes import support_of
+from ltdi_ray.trajectories.inner import evaluate
+from ltdi_ray.trajectories.theta0 import initial_theta, read_stored
 
 SMOKE = ["experiment=smoke", "collect.num_tasks=32", "collect.batch_size=16", "collect.num_actors=1"]
 
@@ -46,8 +48,8 @@ def test_train_publishes_a_complete_tensor_only_checkpoint(trained):
     assert meta["config"]["diffusion"]["segments"] == 3 and meta["num_train_tasks"] == 32
     state = read_train_state(loc)  # loads with weights_only=True
     assert state["epoch"] == 1 and "state" in state["optimizer"]
-    stored, _ = read_start(Location.parse(cfg.storage.uri).child("trajectories"))
-    assert torch.equal(ltdi_ray.load_generator(str(loc)).theta0, stored)  # chains start where the trajectories did
+    stored, _ = read_stored(Location.parse(cfg.storage.uri).child("trajectories"))
+    assert torch.equal(ltdi_ray.load_generator(str(loc)).theta0.shared, stored)  # chains start where the trajectories did
 
 
 
@@ -63,7 +65,7 @@ def test_plot_draws_the_run_from_the_generators_history_and_chain(trained):
     sx, sy = support_of(gen.family.sample_many("test", range(3)), gen.family, raw=True)
     chain = gen.generate_chain(sx, sy, seed=0)  # what the weight-space plot draws
     assert chain[0][0] == cfg.diffusion.steps and chain[-1][0] == 0
-    assert torch.allclose(chain[0][1], gen.theta0.expand(3, -1), atol=1e-5)
+    assert torch.allclose(chain[0][1], gen.theta0.shared.expand(3, -1), atol=1e-5)
     assert torch.allclose(chain[-1][1], gen.generate_batch(sx, sy, seed=0))
 
 def test_generate_returns_a_ready_module_and_num_samples_keeps_the_best_support_fit(trained):
@@ -81,10 +83,10 @@ def test_generate_returns_a_ready_module_and_num_samples_keeps_the_best_support_
     extra = cfg.diffusion.sample_start_noise * torch.randn(5 * n, gen.spec.dim, generator=rng)
     extra[::n] = 0
     with torch.no_grad():
-        z = gen.diffusion.sample(gen.model.denoiser, cond, gen.spec.dim, start=gen.norm.normalize(gen.theta0) + extra,
+        z = gen.diffusion.sample(gen.model.denoiser, cond, gen.spec.dim, start=gen.norm.normalize(gen.theta0.shared) + extra,
                                  sampler="ddim", sample_steps=1, generator=rng)
     cands = gen.norm.denormalize(z).view(5, n, -1)
-    pick = evaluate(gen.loss, cands, sx, sy).argmin(1)
+    pick = evaluate(gen.view().loss, cands, sx, sy).argmin(1)
     torch.testing.assert_close(best, cands[torch.arange(5), pick])
     torch.testing.assert_close(cands[:, 0], gen.generate_batch(sx, sy, seed=5))  # candidate 0 = the single sample
     assert not torch.equal(cands[:, 0], cands[:, 1])
@@ -162,25 +164,13 @@ def test_a_checkpoint_that_does_not_fit_its_record_fails_naming_the_file(trained
     assert "\n" not in str(err.value)
 
 
-def test_a_checkpoint_from_before_fourier_features_loads_as_raw_inputs(trained, tmp_path):
-    """Checkpoints written before ``model.encoder_fourier`` (and ``encoder_ridge``) existed have no such
-    keys: raw (x, y) encoders."""
-    from safetensors.torch import save
-
-    from ltdi_ray.generator.build import build_model
-
-    gen = ltdi_ray.load_generator(trained[1]["generator_uri"])
+def test_a_checkpoint_of_the_config_layout_before_task_families_is_refused_by_its_format(trained, tmp_path):
+    """Format 1 stored the root ``start`` and ``backbone`` sections; its configs no longer compose."""
     old = _copy(Location.parse(trained[1]["generator_uri"]), Location.parse(str(tmp_path / "old")))
     meta = json.loads(old.read_bytes(META))
-    for key in ("encoder_fourier", "encoder_fourier_scale", "encoder_ridge"):
-        del meta["config"]["model"][key]
-    old.write_atomic(META, json.dumps(meta).encode())
-    gen.cfg.model.encoder_fourier, gen.cfg.model.encoder_ridge = 0, 0.0
-    raw = build_model(gen.cfg, gen.family, gen.facts)
-    old.write_atomic("model.safetensors", save({k: v.contiguous() for k, v in raw.state_dict().items()}))
-    loaded = ltdi_ray.load_generator(str(old))
-    assert loaded.cfg.model.encoder_fourier == 0 and loaded.model.encoder.freqs.shape[1] == 0
-    assert loaded.cfg.model.encoder_ridge == 0 and loaded.model.encoder.fit is None
+    old.write_atomic(META, json.dumps({**meta, "format_version": 1}).encode())
+    with pytest.raises(DataError, match=r"generator.json is not a ltdi_ray.generator v2 checkpoint"):
+        ltdi_ray.load_generator(str(old))
 
 
 def test_train_refuses_a_dataset_collected_with_another_config(trained):
@@ -225,14 +215,17 @@ def test_baselines_meta_trained_as_concurrent_ray_tasks_equal_the_in_process_run
     cfg, summary = trained
     gen = ltdi_ray.load_generator(summary["generator_uri"])
     base = initial_theta(gen.family, gen.cfg.trajectory.init_seed)
-    assert not torch.equal(gen.theta0, base)  # the trajectories started at the Reptile-learned start (the default)
-    refs = evaluate_stage._start_meta_inits(cfg, gen, ["fomaml", "maml", "reptile"])
-    assert list(refs) == ["reptile", "maml", "fomaml"]  # longest first: 5 inner steps, then second order
-    pools = evaluate_stage._training_pools(cfg, gen)
+    assert not torch.equal(gen.theta0.shared, base)  # the trajectories started at the Reptile-learned start (the default)
+    ev = evaluation_of(cfg)
+    names = ["fomaml", "maml", "reptile"]
+    assert sorted(names, key=lambda m: -METHODS[m].cost(ev)) == ["reptile", "maml", "fomaml"]  # longest first
+    refs = {m: METHODS[m].launch(ev) for m in names}
+    assert all(isinstance(ref, ray.ObjectRef) for ref in refs.values())  # running side by side as Ray tasks
+    pools = training_pools(cfg, gen)
     for method, ref in refs.items():
-        theta, settings = ray.get(ref)
+        theta, settings = finish(ref)
         assert settings["threads"] == 1 and settings["method"] == method
-        local, _ = meta_init(gen.loss, base, pools, 1, settings["support"], evaluate_stage._baseline_config(cfg, method))
+        local, _ = meta_train_on_pools(gen.view().loss, base, pools, 1, settings["support"], method, cfg.evaluate.baseline)
         assert not torch.equal(local, base)  # the baselines meta-train from the base net's own init
         torch.testing.assert_close(theta, local, atol=1e-6, rtol=1e-5)  # 1 thread there, the session's here
 
@@ -248,13 +241,26 @@ def test_train_and_load_on_s3(ray_session, bucket, s3_endpoint):
     assert Location.parse(summary["uri"], s3_endpoint).list()  # Ray Train's checkpoints live in the bucket too
 
 
-def test_the_readme_python_api_example_runs(trained):
-    """README's Python API block, as a user pastes it, against this run's generator."""
+def _readme_python_blocks():
     from pathlib import Path
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = readme.split("### Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    return [block.split("```", 1)[0] for block in readme.split("## Python API", 1)[1].split("```python\n")[1:3]]
+
+
+def test_the_readme_python_api_example_runs(trained):
+    """README's generation block, as a user pastes it, against this run's generator."""
     scope = {}
-    exec(block.replace("./ltdi_runs/sinusoid/generator", trained[1]["generator_uri"]), scope)
+    exec(_readme_python_blocks()[0].replace("./ltdi_runs/sinusoid/generator", trained[1]["generator_uri"]), scope)
     assert scope["y"].shape == (3, 1) and scope["thetas"].shape == (8, 1761)
     assert isinstance(scope["net_b"], torch.nn.Module) and scope["chain"][-1][1].shape == (8, 1761)
+
+
+def test_the_readme_stages_from_python_example_runs(ray_session, tmp_path):
+    """README's block that runs stages from Python after ``ray.init()``: the session's Ray is used as it is."""
+    block = _readme_python_blocks()[1]
+    assert "ray.init()" in block
+    scope = {}
+    exec(block.replace("ray.init()", "assert ray.is_initialized()").replace("/tmp/ltdi_smoke", str(tmp_path)), scope)
+    assert scope["collected"]["tasks"] == 64 and scope["trained"]["epochs"] == 2
+    assert set(scope["results"]["methods"]) == {"init", "maml", "ltdi"} and scope["gen"].spec.dim == 1761

@@ -1,4 +1,7 @@
-"""The one way config invariants fail: a :class:`ConfigError` that names the full key."""
+"""The one way config invariants fail (a :class:`ConfigError` that names the full key), and path helpers."""
+
+import os
+from typing import List
 
 from ltdi_ray.errors import ConfigError
 
@@ -7,3 +10,14 @@ def check(ok: bool, key: str, message: str) -> None:
     """Raise a :class:`ConfigError` naming ``key`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"config key '{key}': {message}")
+
+
+def check_range(pair: List[float], key: str) -> None:
+    check(len(pair) == 2 and pair[0] <= pair[1], key, f"must be [low, high] with low <= high, got {list(pair)}")
+
+
+def absolute(uri: str) -> str:
+    """Local paths become absolute when composed: Ray workers and Tune trials change directory."""
+    if uri.startswith("s3://"):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))

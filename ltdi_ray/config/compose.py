@@ -1,15 +1,16 @@
-"""Compose a validated :class:`Config` from ``conf/`` plus ``key=value`` overrides.
+"""Compose a validated :class:`Config` from the packaged ``conf/`` plus ``key=value`` overrides.
 
 Hydra's compose API is used (not ``@hydra.main``) so that composing has no side effects:
-no output directory, no chdir, and it can be called from tests and Ray workers alike.
+no output directory, no chdir, and it can be called from tests and Ray workers alike. The
+``task`` node's schema is the task family's own dataclass: ``task=NAME`` picks a packaged family,
+``task.family=package.module:Class`` (or a registered name) any family, its schema registered here.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -17,31 +18,36 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ltdi_ray.config.schema import TASK_SCHEMAS, Config
+from ltdi_ray.config.schema import Config
 from ltdi_ray.errors import ConfigError
+from ltdi_ray.tasks import BUILT_IN, family_class
 
-_REGISTERED = False
-
-
-def conf_dir() -> Path:
-    """The ``conf/`` directory: ``$LTDI_CONF_DIR`` or the one beside the package source."""
-    path = Path(os.environ.get("LTDI_CONF_DIR") or Path(__file__).resolve().parents[2] / "conf")
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"config directory {path} has no config.yaml; install the project with "
-                          "`pip install -e .` from its checkout or set LTDI_CONF_DIR")
-    return path
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # package data: installed with the package
+CUSTOM = "custom"  # the task group option whose schema is the family task.family names
 
 
-def register_schemas() -> None:
-    """Register the dataclass schemas with Hydra's ConfigStore (idempotent)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
+def register_schemas(custom: str = "") -> None:
+    """Register the root and the built-in families' schemas with Hydra's ConfigStore, and ``custom``'s
+    (a ``task.family`` value) as ``task/custom_schema``."""
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
-    for family, schema in TASK_SCHEMAS.items():
-        store.store(group="task", name=f"{family}_schema", node=schema)
-    _REGISTERED = True
+    for name in BUILT_IN:
+        store.store(group="task", name=f"{name}_schema", node=family_class(name).Config)
+    if custom:
+        store.store(group="task", name=f"{CUSTOM}_schema", node=family_class(custom).Config)
+
+
+def _route_family(overrides: List[str]) -> Tuple[List[str], str]:
+    """``task.family=X`` selects ``task=custom`` with X's schema; returns the overrides and X ('' if none)."""
+    values = {k: v.strip("'\"") for k, _, v in (o.partition("=") for o in overrides)}
+    spec, group = values.get("task.family", ""), values.get("task")
+    if not spec:
+        if group == CUSTOM:
+            raise ConfigError("task=custom needs task.family=package.module:Class (docs/extending.md)")
+        return list(overrides), ""
+    if group not in (None, CUSTOM) and family_class(group) is not family_class(spec):
+        raise ConfigError(f"task={group} and task.family={spec} name different families; give one of them")
+    return [o for o in overrides if o.partition("=")[0] != "task"] + [f"task={CUSTOM}"], spec
 
 
 def _one_line(err: BaseException) -> str:
@@ -63,15 +69,16 @@ def _one_line(err: BaseException) -> str:
 
 
 def _group_options(group: str) -> List[str]:
-    return [p.stem for p in (conf_dir() / group).glob("*.yaml")]
+    return [p.stem for p in (CONF_DIR / group).glob("*.yaml")]
 
 
 def compose_dict(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose the raw (unvalidated) config; raises :class:`ConfigError` on unknown keys or bad types."""
-    register_schemas()
+    overrides, custom = _route_family(list(overrides))
+    register_schemas(custom)
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line(err)) from None
 
@@ -116,6 +123,19 @@ def set_dotted(nested: Dict[str, Any], key: str, value: Any) -> None:
     nested[leaf] = value
 
 
+def config_changes(old: dict, new: dict, prefix: str = "") -> List[str]:
+    """``"key: old -> new"`` for every leaf that differs between two nested config dicts."""
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
 def file_overrides(path: str) -> List[str]:
     """``key=value`` overrides from a YAML file of nested config keys (e.g. the best config a
     sweep wrote); passed as ``config_file=PATH``, they apply before the command line's own."""
@@ -141,13 +161,13 @@ def load_config(overrides: Sequence[str] = ()) -> Config:
 
 def config_from_plain(data: dict) -> Config:
     """Rebuild a validated :class:`Config` from :func:`to_plain`'s dict (checkpoints, Ray workers)."""
-    register_schemas()
     family = (data.get("task") or {}).get("family")
-    if family not in TASK_SCHEMAS:
-        raise ConfigError(f"config has unknown task family {family!r} (known: {', '.join(TASK_SCHEMAS)})")
+    if not isinstance(family, str):
+        raise ConfigError(f"config has no task family (task.family is {family!r})")
+    schema = family_class(family).Config
     try:
         base = OmegaConf.structured(Config)
-        base.task = OmegaConf.structured(TASK_SCHEMAS[family])
+        base.task = OmegaConf.structured(schema)
         return to_config(OmegaConf.merge(base, data))
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from None

@@ -1,27 +1,29 @@
 """Config schemas of the method: diffusion, generator model, meta-training and evaluation.
 
-Defaults are the measured winners on sinusoid 5-shot (README "Method choices"); every open
-choice of DESIGN 2.3 stays a key so Tune can sweep it.
+Defaults are the measured winners on sinusoid 5-shot (docs/results/method-choices.md); every open
+choice of docs/design.md 2.3 stays a key so Tune can sweep it. The sets of names a key may take
+are the registries' own (diffusion variants, schedules, presets, evaluated methods).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import ClassVar, Dict, List, Optional
 
 from ltdi_ray.config.checks import check
+from ltdi_ray.diffusion import PARAMETERIZATIONS, SAMPLERS, SCHEDULES, SEGMENT_DRAWS, VARIANTS, WEIGHTINGS
+from ltdi_ray.generator.denoisers import PRESETS
+from ltdi_ray.meta.trainer import LR_SCHEDULES, META_RULES
 
-VARIANTS = ("local_consistency", "bridge")
-SCHEDULES = ("linear", "cosine", "sigmoid")
-PRESETS = ("tiny", "small", "base")
-METHODS = ("init", "finetune", "maml", "fomaml", "reptile", "protonet", "single_level", "vanilla", "ltdi",
-           "ltdi_finetune")  # protonet: head-mode classification only
+
+def _one_of(value, names, key: str) -> None:
+    check(value in names, key, f"must be one of {', '.join(names)}, got {value!r}")
 
 
 @dataclass
 class DiffusionConfig:
-    """The diffusion process over normalised weights (DESIGN 2.3)."""
+    """The diffusion process over normalised weights (docs/design.md 2.3)."""
 
     variant: str = "bridge"  # local_consistency | bridge
     segments: int = 3  # k; 1 = vanilla diffusion on the final weights
@@ -30,8 +32,8 @@ class DiffusionConfig:
     parameterization: str = "x0"  # local_consistency only: eps | x0 | v
     weighting: str = "x0"  # local_consistency only: eps | mean | x0
     clip: Optional[float] = None  # local_consistency only: clip x0_hat while sampling
-    # bridge only: s, in normalised-weight units; null = the measured default (Config.resolve_defaults:
-    # 0 for Omniglot heads started at their ProtoNet head, 0.5 elsewhere)
+    # bridge only: s, in normalised-weight units; null = the task family's measured default (0 for Omniglot
+    # heads started at their ProtoNet head), else 0.5
     bridge_noise: Optional[float] = None
     bridge_residual: bool = True  # bridge only: the network predicts the step to the segment end
     bridge_start_noise: Optional[float] = None  # bridge only: training noise on each segment's start; null as bridge_noise
@@ -41,23 +43,20 @@ class DiffusionConfig:
     sample_steps: Optional[int] = 1  # ddim: steps actually taken (bridge: per segment end at least); None = all T
 
     def __post_init__(self) -> None:
-        check(self.variant in VARIANTS, "diffusion.variant", f"must be one of {VARIANTS}, got {self.variant!r}")
-        check(self.schedule in SCHEDULES, "diffusion.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
+        _one_of(self.variant, VARIANTS, "diffusion.variant")
+        _one_of(self.schedule, SCHEDULES, "diffusion.schedule")
         check(2 <= self.steps <= 1000, "diffusion.steps", f"must be in [2, 1000], got {self.steps}")
         check(1 <= self.segments <= self.steps, "diffusion.segments",
               f"must be in [1, diffusion.steps={self.steps}], got {self.segments}")
-        check(self.parameterization in ("eps", "x0", "v"), "diffusion.parameterization",
-              f"must be eps, x0 or v, got {self.parameterization!r}")
-        check(self.weighting in ("eps", "mean", "x0"), "diffusion.weighting",
-              f"must be eps, mean or x0, got {self.weighting!r}")
+        _one_of(self.parameterization, PARAMETERIZATIONS, "diffusion.parameterization")
+        _one_of(self.weighting, WEIGHTINGS, "diffusion.weighting")
         check(self.clip is None or self.clip > 0, "diffusion.clip", f"must be > 0 or null, got {self.clip}")
         for key in ("bridge_noise", "bridge_start_noise"):
             value = getattr(self, key)
             check(value is None or value >= 0, f"diffusion.{key}", f"must be >= 0 or null, got {value}")
         check(self.sample_start_noise >= 0, "diffusion.sample_start_noise", f"must be >= 0, got {self.sample_start_noise}")
-        check(self.segment_draw in ("all", "one"), "diffusion.segment_draw",
-              f"must be all or one, got {self.segment_draw!r}")
-        check(self.sampler in ("ddpm", "ddim"), "diffusion.sampler", f"must be ddpm or ddim, got {self.sampler!r}")
+        _one_of(self.segment_draw, SEGMENT_DRAWS, "diffusion.segment_draw")
+        _one_of(self.sampler, SAMPLERS, "diffusion.sampler")
         check(self.sample_steps is None or 1 <= self.sample_steps <= self.steps, "diffusion.sample_steps",
               f"must be in [1, diffusion.steps={self.steps}] or null, got {self.sample_steps}")
 
@@ -66,16 +65,16 @@ class DiffusionConfig:
 class ModelConfig:
     """Generator networks: a denoiser preset and the task encoder's width."""
 
-    preset: str = "small"  # tiny | small | base (ltdi_ray.models.PRESETS)
+    preset: str = "small"  # tiny | small | base (ltdi_ray.generator.denoisers.PRESETS)
     encoder_width: int = 128
     encoder_fourier: int = 32  # regression: random Fourier features of x in the set encoder (0 = raw x, y only)
     encoder_fourier_scale: float = 0.5  # their frequencies' standard deviation, in units of 1 / x
     # regression: lambda of a closed-form ridge fit of y on those features, an input of the encoder
-    # (0 = off; null = the measured default, Config.resolve_defaults)
+    # (0 = off; null = the task family's measured default: 1e-4 for regression with Fourier features)
     encoder_ridge: Optional[float] = None
 
     def __post_init__(self) -> None:
-        check(self.preset in PRESETS, "model.preset", f"must be one of {PRESETS}, got {self.preset!r}")
+        _one_of(self.preset, PRESETS, "model.preset")
         check(self.encoder_width >= 8, "model.encoder_width", f"must be >= 8, got {self.encoder_width}")
         check(self.encoder_fourier >= 0, "model.encoder_fourier", f"must be >= 0, got {self.encoder_fourier}")
         check(self.encoder_fourier_scale > 0, "model.encoder_fourier_scale",
@@ -86,9 +85,9 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Meta-training of the generator (DESIGN 2.5) on Ray Train."""
+    """Meta-training of the generator (docs/design.md 2.5) on Ray Train."""
 
-    meta: str = "none"  # none (single level) | reptile: see README "Method choices" for why none is the CPU default
+    meta: str = "none"  # none (single level) | reptile: see docs/results/method-choices.md for why none is the CPU default
     epochs: int = 10  # a metric report + checkpoint per epoch
     steps_per_epoch: int = 200  # outer steps per epoch
     meta_batch: int = 64  # tasks per outer step (global, whatever the worker count)
@@ -98,15 +97,15 @@ class TrainConfig:
     reptile_chunk: Optional[int] = None  # reptile: tasks adapted at once; None: 16 on CPU, all on a GPU (measured)
     lr: float = 1e-3  # outer Adam learning rate
     # cosine (to 0 over epochs x steps_per_epoch outer steps) | constant; cosine measured better once
-    # trajectories start at the Reptile-learned theta_0 (README "Method choices")
+    # trajectories start at the Reptile-learned theta_0 (docs/results/method-choices.md)
     lr_schedule: str = "cosine"
     resample_support: bool = True  # condition on a fresh K-subset of the task's pool every step
     # weight of the function-space term (meta/function_loss.py); 0 = weight space only; None = the
-    # measured default (schema.function_loss_weight: 0.1 for sinusoid, 0 for Omniglot, not measured there)
+    # task family's measured default (schema.loss_term_weight: 0.1 for sinusoid, else 0)
     function_loss: Optional[float] = None
     function_points: int = 25  # pool points the function-space term evaluates (evenly spread); 0 = all
     # weight of the chain's own task loss (meta/chain_loss.py: the DDIM chain from theta_0, differentiably, scored on
-    # the pool's labels); 0 = off; None = the measured default (schema.chain_loss_weight: 0.3 for Omniglot heads)
+    # the pool's labels); 0 = off; None = the task family's measured default (0.3 for Omniglot heads, else 0)
     chain_loss: Optional[float] = None
     val_tasks: int = 100  # validation tasks generated at every epoch end
     num_workers: int = 1
@@ -117,9 +116,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(self.meta in ("reptile", "none"), "train.meta", f"must be reptile or none, got {self.meta!r}")
-        check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
-              f"must be constant or cosine, got {self.lr_schedule!r}")
+        _one_of(self.meta, META_RULES, "train.meta")
+        _one_of(self.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
         check(self.function_loss is None or self.function_loss >= 0, "train.function_loss",
               f"must be >= 0 or null, got {self.function_loss}")
         check(self.function_points >= 0, "train.function_points", f"must be >= 0, got {self.function_points}")
@@ -145,32 +143,55 @@ class TrainConfig:
 
 
 @dataclass
-class BaselineConfig:
-    """Gradient-based meta-learned inits (MAML, first-order MAML, Reptile) evaluate compares against."""
+class MetaInitConfig:
+    """Meta-training of one initialisation of the base network (MAML, first-order MAML or Reptile: a
+    plain-SGD inner loop, Adam outer loop). ``SECTION``: where the node sits, for error messages."""
 
+    SECTION: ClassVar[str] = "meta_init"
     meta_steps: int = 20000  # outer iterations
     meta_batch: int = 25  # tasks per outer step (MAML paper: 25)
-    inner_steps: int = 1  # maml / fomaml: SGD steps inside meta-training (MAML paper: 1; 5 diverged here)
-    reptile_inner_steps: int = 5  # reptile: SGD steps per task on support + query
+    inner_steps: int = 1  # SGD steps per task inside meta-training
     inner_lr: float = 0.01  # MAML paper: 0.01
     outer_lr: float = 1e-3  # Adam
+    seed: int = 0  # the task and point draws
+
+    def __post_init__(self) -> None:
+        for key in ("meta_steps", "meta_batch", "inner_steps"):
+            check(getattr(self, key) >= 1, f"{self.SECTION}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        for key in ("inner_lr", "outer_lr"):
+            value = getattr(self, key)
+            check(value > 0 and math.isfinite(value), f"{self.SECTION}.{key}", f"must be a positive number, got {value}")
+
+
+@dataclass
+class BaselineConfig(MetaInitConfig):
+    """The gradient-based meta-learned inits (MAML, first-order MAML, Reptile) evaluate compares against."""
+
+    SECTION: ClassVar[str] = "evaluate.baseline"
+    inner_steps: int = 1  # maml / fomaml: SGD steps inside meta-training (MAML paper: 1; 5 diverged here)
+    reptile_inner_steps: int = 5  # reptile: SGD steps per task on support + query
     cpus: float = 1.0  # per baseline: each meta-trains as its own Ray task, side by side (also its torch threads)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.reptile_inner_steps >= 1, "evaluate.baseline.reptile_inner_steps",
+              f"must be >= 1, got {self.reptile_inner_steps}")
         check(self.cpus > 0, "evaluate.baseline.cpus", f"must be > 0, got {self.cpus}")
-        for key in ("meta_steps", "meta_batch", "inner_steps", "reptile_inner_steps"):
-            check(getattr(self, key) >= 1, f"evaluate.baseline.{key}", f"must be >= 1, got {getattr(self, key)}")
-        for key in ("inner_lr", "outer_lr"):
-            check(getattr(self, key) > 0, f"evaluate.baseline.{key}", f"must be > 0, got {getattr(self, key)}")
+
+
+def _all_methods() -> List[str]:
+    from ltdi_ray.evaluation.methods import METHODS  # the registry imports the whole model stack
+
+    return list(METHODS)
 
 
 @dataclass
 class EvaluateConfig:
-    """The comparison table on unseen tasks (DESIGN 2.6)."""
+    """The comparison table on unseen tasks (docs/design.md 2.6)."""
 
     num_tasks: int = 600
     split: str = "test"
-    methods: List[str] = field(default_factory=lambda: list(METHODS))
+    methods: List[str] = field(default_factory=_all_methods)  # names in ltdi_ray/evaluation/methods.py
     adapt_steps: int = 10  # SGD steps on the support for maml / fomaml / reptile / ltdi_finetune
     adapt_lr: float = 0.01  # maml / fomaml / reptile (the step size MAML meta-trains for)
     ltdi_adapt_lr: float = 0.001  # ltdi_finetune: trajectory end points are sharp; 0.01 diverged on some tasks
@@ -182,9 +203,9 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         check(self.num_tasks >= 2, "evaluate.num_tasks", f"must be >= 2, got {self.num_tasks}")
         check(self.split in ("val", "test"), "evaluate.split", f"must be val or test, got {self.split!r}")
-        unknown = sorted(set(self.methods) - set(METHODS))
-        check(not unknown and len(self.methods) > 0, "evaluate.methods",
-              f"unknown {unknown}; choose from {list(METHODS)}")
+        known = _all_methods()
+        unknown = sorted(set(self.methods) - set(known))
+        check(not unknown and len(self.methods) > 0, "evaluate.methods", f"unknown {unknown}; choose from {known}")
         check(self.adapt_steps >= 0, "evaluate.adapt_steps", f"must be >= 0, got {self.adapt_steps}")
         check(self.adapt_lr > 0, "evaluate.adapt_lr", f"must be > 0, got {self.adapt_lr}")
         check(self.ltdi_adapt_lr > 0, "evaluate.ltdi_adapt_lr", f"must be > 0, got {self.ltdi_adapt_lr}")

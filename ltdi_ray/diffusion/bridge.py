@@ -1,4 +1,4 @@
-"""The ``bridge`` variant (DESIGN 2.3): Brownian bridges between consecutive trajectory targets.
+"""The ``bridge`` variant (this project's, not the paper's; docs/design.md 2.3): Brownian bridges between consecutive trajectory targets.
 
 Segment i runs over steps (e_i, e_{i-1}] (e_0 = T) from target_{i-1} (target_0 = theta_0, where
 sampling starts) to target_i. At local position l in [0, 1] (l = 1 at target_{i-1}, l = 0 at
@@ -25,8 +25,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ltdi_ray.diffusion.process import Denoiser, segment_ends, target_indices
+from ltdi_ray.diffusion.base import SAMPLERS, Denoiser, segment_ends, target_indices
 from ltdi_ray.diffusion.schedules import SCHEDULES, Schedule
+
+SEGMENT_DRAWS = ("all", "one")  # every segment of every task per loss | one random segment per task
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class BridgeDiffusion:
             raise ValueError(f"segments must be in [1, T={self.schedule.steps}], got {self.segments}")
         if self.noise < 0 or self.start_noise < 0:
             raise ValueError(f"bridge noises must be >= 0, got {self.noise} and {self.start_noise}")
-        if self.segment_draw not in ("all", "one"):
+        if self.segment_draw not in SEGMENT_DRAWS:
             raise ValueError(f"segment_draw must be all or one, got {self.segment_draw!r}")
 
     @property
@@ -141,7 +143,7 @@ class BridgeDiffusion:
         ``sample_steps`` steps (every segment end is always visited). ``differentiable``: keep the
         graph (a training loss on the chain's end); otherwise no gradients are recorded.
         """
-        if sampler not in ("ddpm", "ddim"):
+        if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be ddpm or ddim, got {sampler!r}")
         with torch.set_grad_enabled(differentiable):
             return self._walk(model, cond, dim, start, sampler, sample_steps, generator, return_chain)

@@ -1,26 +1,31 @@
-"""Pick a diffusion variant by name; both expose the same training/sampling interface."""
+"""The registry of diffusion variants: name -> the process built from ``diffusion.*`` config keys.
+
+Both variants expose the same interface (``draw``, ``subset``, ``training_loss``, ``sample``,
+``checkpoint_indices``, ``starts_from_theta0``), so callers never ask which one they hold.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Dict, Union
 
 from ltdi_ray.diffusion.bridge import BridgeDiffusion
-from ltdi_ray.diffusion.process import TrajectoryDiffusion
+from ltdi_ray.diffusion.local_consistency import LocalConsistencyDiffusion
 from ltdi_ray.diffusion.schedules import Schedule
 
-VARIANTS = ("local_consistency", "bridge")
-Diffusion = Union[TrajectoryDiffusion, BridgeDiffusion]
+Diffusion = Union[LocalConsistencyDiffusion, BridgeDiffusion]
+
+VARIANTS: Dict[str, Callable[[Schedule, object], Diffusion]] = {
+    # the paper's: k local targets each reached by its own noising process, sampled from Gaussian noise
+    "local_consistency": lambda sched, d: LocalConsistencyDiffusion(sched, d.segments, d.parameterization,
+                                                                    d.weighting, d.clip),
+    # ours: Brownian bridges theta_0 -> target_1 -> ... -> theta_M, sampled from theta_0
+    "bridge": lambda sched, d: BridgeDiffusion(sched, d.segments, d.bridge_noise, d.bridge_residual,
+                                               d.bridge_start_noise, d.segment_draw),
+}
 
 
-def make_diffusion(variant: str, schedule: str, steps: int, segments: int, parameterization: str = "x0",
-                   weighting: str = "x0", clip: Optional[float] = None, bridge_noise: float = 0.5,
-                   bridge_residual: bool = True, bridge_start_noise: float = 0.0,
-                   segment_draw: str = "all") -> Diffusion:
-    """The diffusion process for a variant; ``parameterization``/``weighting``/``clip`` apply to
-    ``local_consistency`` only (the bridge always predicts its segment's end point)."""
-    sched = Schedule.make(schedule, steps)
-    if variant == "local_consistency":
-        return TrajectoryDiffusion(sched, segments, parameterization, weighting, clip)
-    if variant == "bridge":
-        return BridgeDiffusion(sched, segments, bridge_noise, bridge_residual, bridge_start_noise, segment_draw)
-    raise ValueError(f"unknown diffusion variant {variant!r} (known: {', '.join(VARIANTS)})")
+def make_diffusion(d) -> Diffusion:
+    """The process a ``DiffusionConfig`` (the ``diffusion`` node) describes."""
+    if d.variant not in VARIANTS:
+        raise ValueError(f"unknown diffusion variant {d.variant!r} (known: {', '.join(VARIANTS)})")
+    return VARIANTS[d.variant](Schedule.make(d.schedule, d.steps), d)

@@ -10,29 +10,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.func import functional_call
 
+from ltdi_ray.base_nets.paramspec import ParamSpec
 from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
-from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, chain_start
+from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, chain_starts
 from ltdi_ray.generator.checkpoint import MODEL, STATS, read_meta, read_tensors
-from ltdi_ray.models import WeightNormalizer, head_flat, head_rows
-from ltdi_ray.models.heads import tie_rows
-from ltdi_ray.nets.paramspec import ParamSpec
+from ltdi_ray.generator.normalizer import WeightNormalizer
 from ltdi_ray.storage.fs import Location
-from ltdi_ray.tasks import make_family
-from ltdi_ray.trajectories import evaluate, make_loss, make_metric
+from ltdi_ray.tasks import TaskFamily, make_family
+from ltdi_ray.trajectories.inner import evaluate, make_functional
+from ltdi_ray.trajectories.theta0 import Theta0
 
 
 @dataclass
 class WaysView:
-    """What generating and scoring N-way heads needs; N other than the trained one for ``head`` mode."""
+    """What generating and scoring networks of one output size needs (heads: N other than trained)."""
 
-    ways: Optional[int]  # None for regression
+    family: TaskFamily
     spec: ParamSpec
     norm: WeightNormalizer
-    theta0: torch.Tensor  # (D,)
+    theta0: Theta0
     loss: Callable
     metric: Callable
 
@@ -44,12 +45,10 @@ class WeightGenerator:
                  theta0: torch.Tensor, meta: Optional[dict] = None):
         self.cfg, self.spec, self.facts, self.meta = cfg, spec, facts, meta or {}
         self.family = make_family(cfg.task, cfg.storage.endpoint_url)
-        self.model, self.norm, self.theta0 = model.eval(), norm, theta0
+        self.model, self.norm = model.eval(), norm
+        self.theta0 = Theta0(cfg.trajectory.theta0, theta0)
         self.diffusion = build_diffusion(cfg)
         self.net = self.family.build_net()
-        self.loss = make_loss(self.net, spec, self.family.loss)
-        self.metric = make_metric(self.net, spec, self.family.loss)
-        self.ways = getattr(cfg.task, "ways", None)
         self.device = torch.device("cpu")
         self._views: Dict[Optional[int], WaysView] = {}
 
@@ -63,43 +62,27 @@ class WeightGenerator:
         return self
 
     def view(self, ways: Optional[int] = None) -> WaysView:
-        """Spec, normaliser, theta_0 and losses for ``ways``-way heads (the trained setting by default).
-
-        Head rows are exchangeable (labels come in random order) and share their statistics, so
-        another N repeats them, and theta_0's rows (equal: the head starts at zero).
-        """
-        ways = ways or self.ways
+        """Family, spec, normaliser, theta_0 and losses for ``ways``-way networks (the trained setting by
+        default; other N where the family allows it: its ``with_ways`` and ``weights_for_ways``)."""
         if ways not in self._views:
-            if ways == self.ways:
-                view = WaysView(ways, self.spec, self.norm, self.theta0, self.loss, self.metric)
+            family = self.family.with_ways(ways)
+            if family is self.family:
+                spec, norm, theta0 = self.spec, self.norm, self.theta0
             else:
-                net = self.family.build_net(ways).to(self.device)  # full mode refuses another N here
+                net = family.build_net().to(self.device)
                 spec = ParamSpec.from_module(net)
-                norm = WeightNormalizer(*tie_rows(self.norm.mean, self.norm.std, self.ways, ways), self.norm.floor)
-                rows = head_rows(self.theta0.unsqueeze(0), self.ways)[:, torch.arange(ways) % self.ways]
-                view = WaysView(ways, spec, norm, head_flat(rows)[0], make_loss(net, spec, self.family.loss),
-                                make_metric(net, spec, self.family.loss))
-            self._views[ways] = view
+                mean, std, shared = self.family.weights_for_ways(self.norm.mean, self.norm.std, self.theta0.shared, ways)
+                norm, theta0 = WeightNormalizer(mean, std, self.norm.floor), Theta0(self.theta0.mode, shared)
+            net = family.build_net().to(self.device)
+            self._views[ways] = WaysView(family, spec, norm, theta0, make_functional(net, spec, family.loss),
+                                         make_functional(net, spec, family.metric))
         return self._views[ways]
-
-    def _support_ways(self, sy: torch.Tensor) -> Optional[int]:
-        """N of classification supports (labels 0..N-1, every class in every task); None for regression."""
-        if self.family.loss == "mse":
-            return None
-        ways = int(sy.max()) + 1
-        if int(sy.min()) < 0 or ways < 2:
-            raise DataError(f"support_y must hold class labels 0..N-1 with N >= 2, got values in "
-                            f"[{int(sy.min())}, {ways - 1}]")
-        present = torch.nn.functional.one_hot(sy, ways).sum(1) > 0  # (B, N)
-        if not present.all():
-            task, label = (~present).nonzero()[0].tolist()
-            raise DataError(f"support_y of task {task} has no example of class {label} (labels must be 0..N-1)")
-        return ways
 
     def check_support(self, support_x, support_y) -> Tuple[torch.Tensor, torch.Tensor]:
         """Validate a batched support set against the family's episode shapes."""
         fields = self.family.fields()
         want_x, want_y = tuple(fields["pool_x"][0][1:]), tuple(fields["pool_y"][0][1:])
+        class_labels = np.dtype(fields["pool_y"][1]).kind in "iu"
         out = []
         for name, value, want in (("support_x", support_x, want_x), ("support_y", support_y, want_y)):
             value = torch.as_tensor(value)
@@ -108,7 +91,7 @@ class WeightGenerator:
                                 f"got {tuple(value.shape)}")
             if value.shape[0] == 0 or value.shape[1] == 0:
                 raise DataError(f"{name} must hold at least one task and one shot, got shape {tuple(value.shape)}")
-            labels = name == "support_y" and self.family.loss != "mse"
+            labels = name == "support_y" and class_labels
             if labels and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
                 raise DataError(f"support_y must hold integer class labels, got {value.dtype}")
             if not (labels or value.is_floating_point()):
@@ -122,16 +105,17 @@ class WeightGenerator:
         return out[0], out[1]
 
     def _chain_inputs(self, support_x, support_y, num_samples: int, seed: Optional[int]):
-        """Checked network inputs ``(sx, sy)``, the ways view, conditions and normalised chain starts
+        """Checked network inputs ``(sx, sy)``, the view, conditions and normalised chain starts
         ``(B * num_samples, ...)``, and the sampling generator."""
         sx, sy = self.check_support(support_x, support_y)
-        view = self.view(self._support_ways(sy))
-        sx = self.family.net_input(sx)
+        ways = self.family.support_ways(sy)
+        view = self.view(None if ways == getattr(self.cfg.task, "ways", None) else ways)
+        sx = view.family.net_input(sx)
         rng = torch.Generator(device=self.device)
-        rng.manual_seed(int(torch.seed() if seed is None else seed))
-        other_ways = view.ways if view.ways != self.ways else None
+        rng.manual_seed(0 if seed is None else seed)
+        other_ways = None if view.family is self.family else ways
         cond = self.model.cond(sx, sy, other_ways).repeat_interleave(num_samples, dim=0)
-        start = chain_start(self.cfg, view.norm, view.theta0, view.ways)(sx, sy).repeat_interleave(num_samples, dim=0)
+        start = chain_starts(view.theta0, view.family, view.norm, sx, sy, num_samples)
         spread = self.cfg.diffusion.sample_start_noise
         if num_samples > 1 and spread > 0 and self.diffusion.starts_from_theta0:
             # candidate 0 of every task starts at theta_0, the others around it (the bridge's chain
@@ -180,25 +164,30 @@ class WeightGenerator:
         return self.to_module(theta)
 
     def _view_of(self, dim: int) -> WaysView:
-        """The view whose weights have length ``dim`` (heads: D = N * (F + 1))."""
-        return self.view(None if self.ways is None else dim * self.ways // self.spec.dim)
+        """The view whose weights have length ``dim`` (the trained one, or heads with D = N * (F + 1))."""
+        if dim == self.spec.dim:
+            return self.view()
+        trained = getattr(self.cfg.task, "ways", None)
+        if trained is None or dim * trained % self.spec.dim:
+            raise DataError(f"weights of length {dim} do not fit this generator's networks (D={self.spec.dim})")
+        return self.view(dim * trained // self.spec.dim)
 
     def to_module(self, theta: torch.Tensor) -> torch.nn.Module:
         """A fresh base network holding the flat weights ``theta (D,)``, taking the users' inputs
         (Omniglot: images ``(N, 1, S, S)`` in [0, 1])."""
         view = self._view_of(theta.shape[-1])
-        net = self.family.build_net(view.ways) if view.ways is not None else self.family.build_net()
-        net = net.to(self.device)
+        net = view.family.build_net().to(self.device)
         with torch.no_grad():
             for name, value in view.spec.unflatten(theta.to(self.device)).items():
                 net.get_parameter(name).copy_(value)
-        return self.family.deployable(net).eval()
+        return view.family.deployable(net).eval()
 
     def query_metric(self, thetas: torch.Tensor, episodes: dict) -> torch.Tensor:
-        """Query MSE (regression) or accuracy of weights ``(B, D)`` on episodes ``(B, ...)`` -> ``(B,)``."""
-        qx = self.family.to_torch(episodes["query_x"]).to(self.device)
-        qy = self.family.targets_to_torch(episodes["query_y"]).to(self.device)
-        return evaluate(self._view_of(thetas.shape[-1]).metric, thetas.unsqueeze(1), qx, qy)[:, 0]
+        """The family's metric of weights ``(B, D)`` on the query sets of episodes ``(B, ...)`` -> ``(B,)``."""
+        view = self._view_of(thetas.shape[-1])
+        qx = view.family.to_torch(episodes["query_x"]).to(self.device)
+        qy = view.family.targets_to_torch(episodes["query_y"]).to(self.device)
+        return evaluate(view.metric, thetas.unsqueeze(1), qx, qy)[:, 0]
 
     def predict(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The base network at flat weights ``theta (D,)`` on inputs ``x (N, ...)``."""
@@ -210,9 +199,6 @@ def load_generator(uri: str, endpoint_url: Optional[str] = None, device: str = "
     loc = Location.parse(uri, endpoint_url)
     loc.check_reachable()
     meta = read_meta(loc)
-    # checkpoints written before model.encoder_fourier / encoder_ridge existed were built without them
-    meta["config"].get("model", {}).setdefault("encoder_fourier", 0)
-    meta["config"].get("model", {}).setdefault("encoder_ridge", 0.0)
     cfg = config_from_plain(meta["config"])
     if endpoint_url is not None:
         cfg.storage.endpoint_url = endpoint_url
@@ -228,5 +214,5 @@ def load_generator(uri: str, endpoint_url: Optional[str] = None, device: str = "
     stats = read_tensors(loc, STATS)
     if stats["mean"].shape != (spec.dim,) or stats["theta0"].shape != (spec.dim,):
         raise DataError(f"{loc.child(STATS)} holds statistics for another ParamSpec (D={spec.dim} expected)")
-    norm = WeightNormalizer(stats["mean"], stats["std"])
+    norm = WeightNormalizer(stats["mean"], stats["std"])  # as trained: the family's normaliser made them
     return WeightGenerator(cfg, spec, facts, model, norm, stats["theta0"], meta).to(device)

@@ -21,7 +21,7 @@ import torch
 from ltdi_ray.errors import DataError
 from ltdi_ray.storage.fs import Location
 
-FORMAT, FORMAT_VERSION = "ltdi_ray.generator", 1
+FORMAT, FORMAT_VERSION = "ltdi_ray.generator", 2  # 2: task families own their config nodes
 MODEL, STATS, TRAIN_STATE, META = "model.safetensors", "stats.safetensors", "train_state.pt", "generator.json"
 
 

@@ -3,8 +3,8 @@
 The diffusion loss measures errors in normalised weight space, where every coordinate counts the
 same; what a generated network is judged by is its outputs. This term adds the mean squared
 difference between the base network's outputs at the predicted segment end and at its target, on
-the task's pool points (a Gauss-Newton-like metric on weight space). Measured in README "Method
-choices".
+the task's pool points (a Gauss-Newton-like metric on weight space). Measured in
+docs/results/method-choices.md.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 from torch.func import functional_call, vmap
 
-from ltdi_ray.models.normalizer import WeightNormalizer
-from ltdi_ray.nets.paramspec import ParamSpec
+from ltdi_ray.base_nets.paramspec import ParamSpec
+from ltdi_ray.generator.normalizer import WeightNormalizer
 
 
 class FunctionSpaceLoss:

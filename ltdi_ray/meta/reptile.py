@@ -1,66 +1,26 @@
-"""Meta-training of the generator (DESIGN 2.5): first-order Reptile, and single-level training.
+"""The paper's bi-level meta-training of the generator (docs/design.md 2.5): first-order Reptile.
 
-A generator is a task encoder plus a denoiser; ``task_loss`` conditions the diffusion loss on
-the encoded support set. Reptile adapts a copy of the weights to each task of a meta-batch with
-a few SGD steps and moves the shared weights towards the adapted ones through the outer
-optimiser; ``single_level_step`` minimises the same loss directly over a minibatch of tasks.
+Reptile adapts a copy of the generator's weights to each task of a meta-batch with a few SGD steps
+on the task's diffusion loss and moves the shared weights towards the adapted ones through the
+outer optimiser. (Single-level training minimises the same loss directly: ``meta/task_loss.py``.)
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
-from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from ltdi_ray.diffusion import Diffusion
-
-
-class Generator(nn.Module):
-    """Task encoder + denoiser; ``cond(support_x, support_y) -> (B, cond_dim)``."""
-
-    def __init__(self, encoder: nn.Module, denoiser: nn.Module):
-        super().__init__()
-        self.encoder, self.denoiser = encoder, denoiser
-
-    def cond(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: Optional[int] = None) -> torch.Tensor:
-        """``(B, cond_dim)``, or ``(B, N, cond_dim)`` per-class tokens for heads (``ways``: N other than trained)."""
-        return self.encoder(support_x, support_y) if ways is None else self.encoder(support_x, support_y, ways)
-
-
-def task_loss(gen: Generator, diffusion: Diffusion, targets: torch.Tensor, support_x: torch.Tensor,
-              support_y: torch.Tensor, draws: int = 1, generator: Optional[torch.Generator] = None,
-              draw: Optional[Dict[str, torch.Tensor]] = None, extra_loss: Optional[Callable] = None) -> torch.Tensor:
-    """The diffusion loss of B tasks: targets ``(B, k, D)`` normalised, supports ``(B, K, ...)``.
-
-    Each task's targets are noised ``draws`` times (fresh t and eps per draw and segment), from
-    ``generator`` or from a ready ``draw`` for the ``B * draws`` repeated target rows.
-    ``extra_loss(pred, end, task)`` (bridge only) is added, ``task`` indexing the B tasks.
-    """
-    c = gen.cond(support_x, support_y).repeat_interleave(draws, dim=0)
-    repeated = targets.repeat_interleave(draws, dim=0)
-    if extra_loss is None:
-        return diffusion.training_loss(gen.denoiser, repeated, c, generator, draw)
-    return diffusion.training_loss(gen.denoiser, repeated, c, generator, draw,
-                                   extra_loss=lambda pred, end, rows: extra_loss(pred, end, rows // draws))
-
-
-def single_level_step(gen: Generator, diffusion: Diffusion, opt: torch.optim.Optimizer, targets, support_x,
-                      support_y, draws: int = 1) -> float:
-    """One minibatch step of the ablation baseline (``train.meta=none``); returns the loss."""
-    opt.zero_grad(set_to_none=True)
-    loss = task_loss(gen, diffusion, targets, support_x, support_y, draws)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
+from ltdi_ray.generator.network import GeneratorNet
 
 
 def _sub(params: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-def reptile_meta_gradient(gen: Generator, diffusion: Diffusion, targets, support_x, support_y,
+def reptile_meta_gradient(gen: GeneratorNet, diffusion: Diffusion, targets, support_x, support_y,
                           inner_steps: int = 3, inner_lr: float = 0.005, draws: int = 1,
                           generators: Optional[Sequence[torch.Generator]] = None) -> tuple:
     """Sum over the B tasks of (phi - phi_i) after ``inner_steps`` SGD steps on each task.
@@ -96,7 +56,7 @@ def reptile_meta_gradient(gen: Generator, diffusion: Diffusion, targets, support
     return deltas, float(torch.stack(losses).mean())
 
 
-def apply_meta_gradient(gen: Generator, opt: torch.optim.Optimizer, deltas: List[torch.Tensor], count: int) -> None:
+def apply_meta_gradient(gen: GeneratorNet, opt: torch.optim.Optimizer, deltas: List[torch.Tensor], count: int) -> None:
     """Outer step on g = phi - mean_i(phi_i) (= summed deltas / count) through ``opt``."""
     params = [p for p in gen.parameters() if p.requires_grad]
     opt.zero_grad(set_to_none=True)

@@ -19,18 +19,14 @@ import numpy as np
 import torch
 
 from ltdi_ray.diffusion import Diffusion
-from ltdi_ray.meta.reptile import Generator, apply_meta_gradient, reptile_meta_gradient, task_loss
-from ltdi_ray.trajectories.batch import pick_points
+from ltdi_ray.generator.network import GeneratorNet
+from ltdi_ray.meta.reptile import apply_meta_gradient, reptile_meta_gradient
+from ltdi_ray.meta.task_loss import task_loss
+from ltdi_ray.tasks.episodes import draw_picks, pick_points
 
 AllReduce = Callable[[List[torch.Tensor]], None]  # in-place sum over workers
-
-
-def draw_picks(rng: np.random.Generator, tasks: int, pool: int, count: int, classes: int = 1) -> np.ndarray:
-    """Distinct random pool positions ``(tasks, classes, count)``: ``count`` from each of ``classes``
-    equal class-major blocks of a pool of ``pool`` points (``classes = 1``: from anywhere)."""
-    block = pool // classes
-    order = np.argsort(rng.random((tasks, classes, block)), axis=2)[:, :, :count]
-    return order + (np.arange(classes) * block)[None, :, None]
+META_RULES = ("none", "reptile")  # single level (this project's default) | the paper's bi-level Reptile
+LR_SCHEDULES = ("cosine", "constant")  # the outer learning rate over all steps
 
 
 def shard_range(total: int, rank: int, world: int) -> Tuple[int, int]:
@@ -74,7 +70,7 @@ class MetaTrainer:
     figures each epoch reports).
     """
 
-    def __init__(self, gen: Generator, diffusion: Diffusion, store: TaskStore, train_cfg, rank: int = 0,
+    def __init__(self, gen: GeneratorNet, diffusion: Diffusion, store: TaskStore, train_cfg, rank: int = 0,
                  world: int = 1, allreduce: Optional[AllReduce] = None, total_steps: Optional[int] = None,
                  function_loss: Optional[Callable] = None, chain_loss: Optional[Callable] = None):
         self.gen, self.diffusion, self.store, self.cfg = gen, diffusion, store, train_cfg

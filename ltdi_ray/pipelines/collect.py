@@ -16,47 +16,53 @@ import numpy as np
 import pyarrow as pa
 
 from ltdi_ray import __version__
-from ltdi_ray.config.compose import to_plain
+from ltdi_ray.base_nets.paramspec import ParamSpec
+from ltdi_ray.config.compose import config_changes, to_plain
 from ltdi_ray.config.schema import Config
 from ltdi_ray.errors import ConfigError, DataError
-from ltdi_ray.nets.paramspec import ParamSpec
+from ltdi_ray.pipelines.prepare import prepare
+from ltdi_ray.progress import progress
 from ltdi_ray.storage.artifact import (
-    DATA_DIR, FORMAT, FORMAT_VERSION, INTENT, MANIFEST, PartSummary, arrays_to_table, merge_stats,
-    read_json, read_part, summarise, write_json, write_norm_stats,
+    DATA_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    INTENT,
+    MANIFEST,
+    PartSummary,
+    arrays_to_table,
+    merge_stats,
+    read_json,
+    read_part,
+    summarise_part,
+    write_json,
+    write_norm_stats,
 )
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
-from ltdi_ray.trajectories import InnerOptimizer, TrajectoryBatcher
-from ltdi_ray.pipelines.backbone import ensure_backbone
-from ltdi_ray.pipelines.start import compute_start, ensure_start
+from ltdi_ray.trajectories.batch import TrajectoryBatcher
+from ltdi_ray.trajectories.theta0 import ensure_stored, theta0_of
 
 log = logging.getLogger("ltdi_ray")
 
 
-def inner_optimizer(cfg: Config) -> InnerOptimizer:
-    t = cfg.trajectory
-    return InnerOptimizer(optimizer=t.optimizer, lr=t.lr, steps=t.steps, save_every=t.save_every, sam_rho=t.sam_rho)
-
-
-def make_batcher(cfg: Config, device: str = "cpu", start: Optional["torch.Tensor"] = None) -> TrajectoryBatcher:  # noqa: F821
-    """The plain-torch batch collector for ``cfg`` (used in-process by tests and benchmarks); ``start``
-    ``(D,)``: the shared theta_0, computed from ``cfg`` when not given (``reptile``: meta-trained here)."""
+def make_batcher(cfg: Config, device: str = "cpu", shared: Optional["torch.Tensor"] = None) -> TrajectoryBatcher:  # noqa: F821
+    """The plain-torch batch collector for ``cfg`` (used in-process by tests and benchmarks); ``shared``
+    ``(D,)``: the shared theta_0 (a dataset's stored start, a generator's ``theta0.shared``), computed from
+    ``cfg`` when not given (``reptile``: meta-trained here)."""
     family = make_family(cfg.task, cfg.storage.endpoint_url)
-    if start is None:
-        start, _ = compute_start(cfg, family)
-    return TrajectoryBatcher(family, inner_optimizer(cfg), cfg.collect.split, cfg.collect.seed,
-                             cfg.trajectory.theta0, cfg.trajectory.init_seed, device, start)
+    return TrajectoryBatcher(family, cfg.trajectory, cfg.collect.split, cfg.collect.seed,
+                             theta0_of(cfg, family, shared), device)
 
 
 class TrajectoryCollector:
     """Ray Data actor: owns the device and the batched inner loop; ids in, Arrow rows out."""
 
-    def __init__(self, cfg: Config, num_threads: int, use_gpu: bool, start: Optional[np.ndarray]):
+    def __init__(self, cfg: Config, num_threads: int, use_gpu: bool, stored: Optional[np.ndarray]):
         import torch
 
         torch.set_num_threads(num_threads)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        shared = None if start is None else torch.from_numpy(start.copy())  # object-store arrays are read-only
+        shared = None if stored is None else torch.from_numpy(stored.copy())  # object-store arrays are read-only
         self.batcher = make_batcher(cfg, device, shared)
         self.family, self.split = cfg.task.family, cfg.collect.split
 
@@ -71,21 +77,8 @@ def fingerprint(cfg: Config) -> dict:
     """Everything that determines the rows' contents (not how the work is spread)."""
     out = {"format_version": FORMAT_VERSION, "task": to_plain(cfg.task), "trajectory": to_plain(cfg.trajectory),
            "split": cfg.collect.split, "seed": cfg.collect.seed}
-    if cfg.trajectory.theta0 == "reptile":  # only then: datasets made before the key existed still match
-        out["start"] = to_plain(cfg.start)
-    return out
-
-
-def config_changes(old: dict, new: dict, prefix: str = "") -> List[str]:
-    """``"key: old -> new"`` for every leaf that differs between two nested config dicts."""
-    keys = sorted(set(old) | set(new))
-    out = []
-    for k in keys:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_changes(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    if cfg.trajectory.theta0 == "reptile":  # only then: a shared start's datasets do not depend on it
+        out["reptile_start"] = to_plain(cfg.reptile_start)
     return out
 
 
@@ -124,18 +117,18 @@ def _scan_existing(loc: Location) -> List[PartSummary]:
             log.warning("collect: removing unreadable %s (%s); its tasks will be collected again", name, err)
             data_dir.remove(name)
             continue
-        parts.append(summarise(name, data, table))
+        parts.append(summarise_part(name, data, table))
     return parts
 
 
-def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray, start: Optional[np.ndarray]) -> List[PartSummary]:
+def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray, stored: Optional[np.ndarray]) -> List[PartSummary]:
     import ray
 
     from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
     from ltdi_ray.storage.sink import PartWriter, summaries_from_rows
 
     c = cfg.collect
-    ensure_ray(cfg.ray)
+    ensure_ray(cfg.ray, cfg.verbose)
     resources = ray.cluster_resources()
     if c.gpus_per_actor > 0:
         auto = int(resources.get("GPU", 0) // c.gpus_per_actor)
@@ -146,20 +139,24 @@ def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray, start: Opt
     actors = min(c.num_actors or max(1, auto), math.ceil(len(missing) / c.batch_size))
     log.info("collect: %d tasks to collect on %d actor(s), %d tasks per batch", len(missing), actors, c.batch_size)
     # Blocks of missing task ids, one per collector call, made on the driver: a `range` read
-    # would need CPU slots that the actor pool holds (a hang, RAY_NOTES 0.4) or a separate
+    # would need CPU slots that the actor pool holds (a hang, docs/ray-notes.md 0.4) or a separate
     # materialising pass, and resuming needs the list of missing ids anyway.
     blocks = [pa.table({"id": ids}) for ids in np.split(missing, range(c.batch_size, len(missing), c.batch_size))]
     ds = ray.data.from_blocks(blocks).map_batches(
         TrajectoryCollector, batch_size=c.batch_size, batch_format="numpy",
         fn_constructor_kwargs={"cfg": cfg, "num_threads": max(1, int(c.cpus_per_actor)),
-                               "use_gpu": c.gpus_per_actor > 0, "start": start},
+                               "use_gpu": c.gpus_per_actor > 0, "stored": stored},
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor)
     # Writers ask for no CPU slot: a collector pool that fills the cluster cannot starve them.
     ds = ds.map_batches(PartWriter, batch_size=None, batch_format="pyarrow",
                         fn_constructor_kwargs={"data_dir": loc.child(DATA_DIR)},
                         compute=ray.data.ActorPoolStrategy(size=c.num_writers or max(1, actors // 4)), num_cpus=0)
-    with user_errors_from_ray():
-        return summaries_from_rows(ds.take_all())
+    rows = []
+    with user_errors_from_ray(), progress(total=len(missing), desc="collect", unit="task") as bar:
+        for row in ds.iter_rows():  # one per written file
+            rows.append(row)
+            bar.update(int(row["rows"] or 0))
+    return summaries_from_rows(rows)
 
 
 def _finalise(loc: Location, cfg: Config, parts: List[PartSummary], spec: ParamSpec, family_info: dict,
@@ -172,7 +169,7 @@ def _finalise(loc: Location, cfg: Config, parts: List[PartSummary], spec: ParamS
         raise DataError(f"{loc} holds {len(ids)} tasks after collection, expected ids 0..{expected - 1}")
     mean, std, count = merge_stats(parts)
     stats_sha = write_norm_stats(loc, mean, std)
-    opt = inner_optimizer(cfg)
+    opt = cfg.trajectory
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -193,10 +190,10 @@ def run_collect(cfg: Config) -> dict:
 
     Returns the summary ``{"stage", "uri", "tasks", "new_tasks", "files", "dim", "checkpoints", "seconds"}``.
     """
-    start = time.time()
+    tic = time.time()
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     root.check_reachable()
-    cfg = ensure_backbone(cfg)
+    cfg = prepare(cfg)
     loc = root.child("trajectories")
     family = make_family(cfg.task, cfg.storage.endpoint_url)  # bad data roots fail here, before Ray starts
     spec = ParamSpec.from_module(family.build_net())
@@ -206,26 +203,26 @@ def run_collect(cfg: Config) -> dict:
     if manifest is not None and manifest["num_tasks"] == cfg.collect.num_tasks:
         log.info("collect: %s is complete (%d tasks); nothing to do", loc, manifest["num_tasks"])
         return {**summary, "tasks": manifest["num_tasks"], "new_tasks": 0, "files": manifest["num_files"],
-                "dim": spec.dim, "checkpoints": manifest["num_checkpoints"], "seconds": round(time.time() - start, 2)}
+                "dim": spec.dim, "checkpoints": manifest["num_checkpoints"], "seconds": round(time.time() - tic, 2)}
     if manifest is not None:  # extending to more tasks: not complete until the new manifest lands
         loc.remove(MANIFEST)
     existing = _scan_existing(loc)
     done = np.concatenate([p.task_ids for p in existing]) if existing else np.zeros(0, np.int64)
     missing = np.setdiff1d(np.arange(cfg.collect.num_tasks, dtype=np.int64), done)
     log.info("collect: %s has %d of %d tasks", loc, cfg.collect.num_tasks - len(missing), cfg.collect.num_tasks)
-    theta0, start_entry = ensure_start(cfg, loc, family)  # before the first trajectory; a re-run reads it back
+    theta0, start_entry = ensure_stored(cfg, loc, family)  # before the first trajectory; a re-run reads it back
     new = _collect_missing(cfg, loc, missing, None if theta0 is None else theta0.numpy()) if len(missing) else []
     manifest = _finalise(loc, cfg, existing + new, spec, family.describe(), row_schema(cfg, family, spec),
                          start_entry)
     log.info("collect: wrote %s (%d files, D=%d)", loc.child(MANIFEST), len(manifest["files"]), spec.dim)
     return {**summary, "tasks": manifest["num_tasks"], "new_tasks": int(sum(p.rows for p in new)),
             "files": manifest["num_files"], "dim": spec.dim, "checkpoints": manifest["num_checkpoints"],
-            "seconds": round(time.time() - start, 2)}
+            "seconds": round(time.time() - tic, 2)}
 
 
 def row_schema(cfg: Config, family, spec: ParamSpec) -> dict:
     """Per-row dtype and shape of every column the collector writes."""
-    c = inner_optimizer(cfg).num_checkpoints
+    c = cfg.trajectory.num_checkpoints
     scalar = lambda dtype: {"dtype": dtype, "shape": []}  # noqa: E731
     return {"task_id": scalar("int64"), "seed": scalar("int64"),
             **{k: {"dtype": dt, "shape": list(shape)} for k, (shape, dt) in family.fields().items()},

@@ -1,4 +1,4 @@
-"""The pipeline stage: collect -> train -> evaluate with one config (README's main job)."""
+"""The pipeline stage: prepare -> collect -> train -> evaluate with one config (the main job)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 from ltdi_ray.config.schema import Config
 from ltdi_ray.pipelines.collect import run_collect
 from ltdi_ray.pipelines.evaluate import run_evaluate
+from ltdi_ray.pipelines.prepare import prepare
 from ltdi_ray.pipelines.train import run_train
-from ltdi_ray.pipelines.backbone import ensure_backbone
 
 
 def run_pipeline(cfg: Config) -> dict:
@@ -16,13 +16,13 @@ def run_pipeline(cfg: Config) -> dict:
 
     Returns ``{"stage", "uri" (results.json), "generator_uri", "collect", "train", "evaluate"}``.
     """
-    start = time.time()
-    cfg = ensure_backbone(cfg)
+    tic = time.time()
+    cfg = prepare(cfg)
     collected = run_collect(cfg)
     trained = run_train(cfg)
     evaluated = run_evaluate(cfg)
     return {"stage": "pipeline", "uri": evaluated["uri"], "generator_uri": trained["generator_uri"],
-            "seconds": round(time.time() - start, 2),
+            "seconds": round(time.time() - tic, 2),
             "collect": {k: collected[k] for k in ("uri", "tasks", "seconds")},
             "train": {k: trained[k] for k in ("uri", "epochs", "val_metric", "tasks_per_s", "seconds")},
             "evaluate": evaluated["methods"]}

@@ -25,8 +25,8 @@ import torch
 
 from ltdi_ray.config.schema import Config
 from ltdi_ray.generator.api import WeightGenerator, load_generator
-from ltdi_ray.generator.build import support_of
 from ltdi_ray.storage.fs import Location
+from ltdi_ray.tasks.episodes import support_of
 
 log = logging.getLogger("ltdi_ray")
 
@@ -40,7 +40,13 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def training_curves(history: List[dict], metric: str) -> bytes:
+def draws_functions(family) -> bool:
+    """Whether the family's tasks are functions of one real input with one real output (drawable as curves)."""
+    fields = family.fields()
+    return all(fields[k][0][1:] == (1,) and np.dtype(fields[k][1]).kind == "f" for k in ("pool_x", "pool_y"))
+
+
+def training_curves(history: List[dict], metric: str, log_scale: bool) -> bytes:
     """Training loss and validation metric (mean and median) against the epoch."""
     import matplotlib.pyplot as plt
 
@@ -51,7 +57,7 @@ def training_curves(history: List[dict], metric: str) -> bytes:
     ax_val.plot(epochs, [h["val_metric"] for h in history], marker="o", label="mean")
     ax_val.plot(epochs, [h["val_metric_median"] for h in history], marker=".", ls="--", label="median")
     ax_val.set(xlabel="epoch", ylabel=f"validation {metric}", title="generated weights on validation tasks")
-    if metric == "MSE":
+    if log_scale:
         ax_val.set_yscale("log")
     ax_val.legend()
     return _png(fig)
@@ -76,8 +82,8 @@ def weight_space(truth: torch.Tensor, targets: List[int], chain: List[torch.Tens
                    label="local targets" if i == 0 else None, zorder=3)
         ax.plot(made[:, 0], made[:, 1], color=color, ls="--", marker="x", ms=7,
                 label="generated chain" if i == 0 else None)
-    start = project(truth[:1, 0])[0]
-    ax.annotate("theta_0", start, textcoords="offset points", xytext=(6, 6))
+    origin = project(truth[:1, 0])[0]
+    ax.annotate("theta_0", origin, textcoords="offset points", xytext=(6, 6))
     ax.set(xlabel="PC 1", ylabel="PC 2",
            title=f"normalised weight space: {truth.shape[0]} unseen test tasks (chain steps {steps})")
     ax.legend(loc="best")
@@ -118,24 +124,24 @@ def run_plot(cfg: Config) -> dict:
     matplotlib.use("Agg")
     from ltdi_ray.pipelines.collect import make_batcher
 
-    start = time.time()
+    tic = time.time()
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     gen = load_generator(str(root.child("generator")), cfg.storage.endpoint_url)
     run_cfg = dataclasses.replace(gen.cfg, collect=dataclasses.replace(gen.cfg.collect, split="test"))
-    rows = make_batcher(run_cfg, start=gen.theta0)(list(range(cfg.plot.tasks)))  # the first test tasks, true trajectories
+    rows = make_batcher(run_cfg, shared=gen.theta0.shared)(list(range(cfg.plot.tasks)))  # the first test tasks, true trajectories
     truth = torch.from_numpy(rows["checkpoints"])
     sx, sy = support_of(rows, gen.family, raw=True)
     chain = gen.generate_chain(sx, sy, seed=0)
-    metric = "MSE" if gen.family.loss == "mse" else "accuracy"
+    metric = gen.family.metric_name
     history = gen.meta.get("history") or [{"epoch": gen.meta["epoch"], **gen.meta["metrics"]}]
-    images = {"training_curves.png": training_curves(history, metric),
+    images = {"training_curves.png": training_curves(history, metric, log_scale=not gen.family.higher_is_better),
               "weight_space.png": weight_space(gen.norm.normalize(truth), gen.meta["target_indices"],
                                                [gen.norm.normalize(z) for _, z in chain], [t for t, _ in chain])}
-    if gen.family.loss == "mse" and sx.shape[-1] == 1:
+    if draws_functions(gen.family):
         images["predictions.png"] = predictions(gen, rows, truth[:, -1], chain[-1][1], sx, sy)
     out = root.child("plots")
     for name, data in images.items():
         out.write_atomic(name, data)
     log.info("plot: wrote %s under %s", ", ".join(images), out)
     return {"stage": "plot", "uri": str(out), "plots": [str(out.child(n)) for n in images],
-            "seconds": round(time.time() - start, 2)}
+            "seconds": round(time.time() - tic, 2)}

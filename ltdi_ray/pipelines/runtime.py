@@ -1,4 +1,5 @@
-"""Connecting to Ray and turning errors raised inside Ray back into one-line user errors."""
+"""Connecting to Ray (quietly, unless ``verbose``) and turning errors raised inside Ray back into
+one-line user errors."""
 
 from __future__ import annotations
 
@@ -14,28 +15,71 @@ from ltdi_ray.errors import LtdiError
 log = logging.getLogger("ltdi_ray")
 
 
-def ensure_ray(cfg: RayConfig) -> None:
+def ensure_ray(cfg: RayConfig, verbose: bool = False) -> None:
     """Connect once: ``ray.address``, else ``RAY_ADDRESS`` (set by ``ray job submit``), else a
-    fresh local instance (``address="local"`` never attaches to a stale local cluster)."""
+    fresh local instance (``address="local"`` never attaches to a stale local cluster).
+
+    Unless ``verbose``, Ray's own INFO chatter (per-report and checkpoint lines, execution plans, worker
+    group set-up) stays in its log files, in the driver and every worker of the job; Ray Data's progress
+    lines give way to the stages' own bars; Python warnings and errors still reach the console, and
+    Ray's C++ side logs only fatal errors.
+    """
     import ray
     import ray.data
 
+    context = ray.data.DataContext.get_current()
     # a user error raised in a Ray Data task (a tampered file, a dead endpoint) reaches the driver as
     # itself: Ray Data's UserCodeException wrapper does not carry its cause back from the worker
-    ray.data.DataContext.get_current().raise_original_map_exception = True
+    context.raise_original_map_exception = True
+    context.enable_progress_bars = verbose  # quiet: the stages draw their own bars
+    if not verbose:
+        quiet_ray_data()
     for name in ("ray", "ray.data"):
         for handler in logging.getLogger(name).handlers:
             if handler.get_name() != "file" and not any(isinstance(f, HideUserErrors) for f in handler.filters):
                 handler.addFilter(HideUserErrors())
     if ray.is_initialized():
         return
+    quiet = {} if verbose else {"logging_config": ray.LoggingConfig(log_level="WARNING"),
+                                "runtime_env": {"worker_process_setup_hook": "ltdi_ray.pipelines.runtime.quiet_worker"}}
+    if not verbose:
+        # the local instance's token is made for this run: nothing to act on
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        # Ray's C++ side logs internal notes at ERROR level (e.g. "actor ... has constructor arguments in the
+        # object store", ray-project/ray#53727, for Ray Data's and Train's own actors); failures still
+        # reach the stage as exceptions. Set before the processes start: it is read once, at their start.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if cfg.address:
-        ray.init(address=cfg.address)
+        ray.init(address=cfg.address, **quiet)
     elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(**quiet)
     else:
-        ray.init(address="local", num_cpus=cfg.num_cpus)
+        ray.init(address="local", num_cpus=cfg.num_cpus, **quiet)
     log.info("ray: %s", {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
+
+
+def quiet_worker() -> None:
+    """Every worker of a quiet job: Ray's deprecation warnings about its own internal calls (e.g. Train's
+    data config setting ``ExecutionOptions.exclude_resources``) are not the user's to act on."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
+
+
+class QuietRayData(logging.Filter):
+    """Ray Data's console in a quiet run: warnings and errors, except that its progress bars are off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and not record.getMessage().startswith("Progress bars")
+
+
+def quiet_ray_data() -> None:
+    """Put :class:`QuietRayData` on Ray Data's console handler in this process (idempotent)."""
+    import ray.data  # noqa: F401 - configures its logger
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console" and not any(isinstance(f, QuietRayData) for f in handler.filters):
+            handler.addFilter(QuietRayData())
 
 
 def find_user_error(err: BaseException) -> Optional[LtdiError]:

@@ -19,16 +19,17 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ltdi_ray.config.compose import config_from_plain, to_plain
+from ltdi_ray.config.compose import config_changes, config_from_plain, to_plain
 from ltdi_ray.config.schema import Config
 from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.generator.checkpoint import copy_checkpoint, read_meta
-from ltdi_ray.pipelines.collect import config_changes, fingerprint
+from ltdi_ray.pipelines.collect import fingerprint
+from ltdi_ray.pipelines.prepare import prepare
+from ltdi_ray.progress import watched
 from ltdi_ray.storage.artifact import read_norm_stats
 from ltdi_ray.storage.dataset import TrajectoryDataset
 from ltdi_ray.storage.fs import Location
-from ltdi_ray.pipelines.backbone import ensure_backbone
-from ltdi_ray.pipelines.start import dataset_start
+from ltdi_ray.trajectories.theta0 import stored_start
 
 log = logging.getLogger("ltdi_ray")
 COLUMNS = ["task_id", "checkpoints", "pool_x", "pool_y", "support_idx"]
@@ -110,11 +111,6 @@ def checkpoint_location(checkpoint, root: Location) -> Location:
                     root.endpoint_url)
 
 
-def _start_array(ds: TrajectoryDataset) -> Optional[np.ndarray]:
-    start = dataset_start(ds.loc, ds.manifest)
-    return None if start is None else start.numpy()
-
-
 def prepare_training(cfg: Config) -> Tuple[Location, dict, dict]:
     """Open and check the dataset, start Ray, read the shards: ``(root, loop_config, datasets)``."""
     from ltdi_ray.generator.build import build_diffusion
@@ -125,16 +121,18 @@ def prepare_training(cfg: Config) -> Tuple[Location, dict, dict]:
     ds = open_dataset(cfg)
     indices = build_diffusion(cfg).checkpoint_indices(ds.manifest["steps"])
     stats = read_norm_stats(ds.loc)
-    ensure_ray(cfg.ray)
+    ensure_ray(cfg.ray, cfg.verbose)
+    stored = stored_start(ds.loc, ds.manifest)
     loop_config = {"cfg": to_plain(cfg), "mean": stats["mean"], "std": stats["std"], "indices": indices,
                    "checkpoint_steps": ds.manifest["steps"], "param_spec": ds.manifest["param_spec"],
-                   "dataset": str(ds.loc), "num_tasks": ds.num_tasks, "theta0": _start_array(ds)}
+                   "dataset": str(ds.loc), "num_tasks": ds.num_tasks, "theta0": None if stored is None else stored.numpy(),
+                   "progress": watched()}
     return root, loop_config, shard_datasets(ds, indices, cfg.train.num_workers)
 
 
 def make_trainer(cfg: Config, loop_config: dict, datasets: dict, name: str, storage: Location, callbacks=()):
     """The ``TorchTrainer`` of one training run named ``name`` under ``storage``."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ltdi_ray.pipelines.train_worker import train_loop_per_worker
@@ -146,7 +144,8 @@ def make_trainer(cfg: Config, loop_config: dict, datasets: dict, name: str, stor
             "CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {}), **t.worker_resources}),
         run_config=RunConfig(name=name, storage_path=storage_path(storage), callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             logging_config=LoggingConfig("INFO" if cfg.verbose else "WARNING")),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]))
 
 
@@ -158,8 +157,8 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     """
     from ltdi_ray.pipelines.runtime import user_errors_from_ray
 
-    start = time.time()
-    cfg = ensure_backbone(cfg)
+    tic = time.time()
+    cfg = prepare(cfg)
     t = cfg.train
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     root.check_reachable()
@@ -167,7 +166,7 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     meta = finished(root.child(name), name_of_run, t.epochs)
     if meta is not None:  # published by this run's last epoch: nothing to train, skip reading the shards
         log.info("train: %s already finished; %s is its last epoch", name_of_run, root.child(name))
-        return summary(root, name, name_of_run, meta, start)
+        return summary(root, name, name_of_run, meta, tic)
     with user_errors_from_ray():  # the dataset's files are read and verified inside Ray Data tasks
         root, loop_config, datasets = prepare_training(cfg)
         trainer = make_trainer(cfg, loop_config, datasets, name_of_run, root.child("train"))
@@ -179,7 +178,7 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
         raise DataError(f"training under {root.child('train', name_of_run)} reported no checkpoint")
     published = root.child(name)
     copy_checkpoint(checkpoint_location(result.checkpoint, root), published)
-    return summary(root, name, name_of_run, read_meta(published), start)
+    return summary(root, name, name_of_run, read_meta(published), tic)
 
 
 def finished(published: Location, name_of_run: str, epochs: int) -> Optional[dict]:
@@ -192,10 +191,10 @@ def finished(published: Location, name_of_run: str, epochs: int) -> Optional[dic
     return meta if same and meta["epoch"] + 1 >= epochs else None
 
 
-def summary(root: Location, name: str, name_of_run: str, meta: dict, start: float) -> dict:
+def summary(root: Location, name: str, name_of_run: str, meta: dict, tic: float) -> dict:
     """The train stage's summary line from the published generator's metadata."""
     metrics = meta["metrics"]
     return {"stage": "train", "uri": str(root.child("train", name_of_run)), "generator_uri": str(root.child(name)),
             "workers": meta["workers"], "epochs": meta["epoch"] + 1, "val_metric": metrics["val_metric"],
             "tasks_per_s": metrics["tasks_per_s"], "allreduce_s_per_step": metrics["allreduce_s_per_step"],
-            "compute_s_per_step": metrics["compute_s_per_step"], "seconds": round(time.time() - start, 2)}
+            "compute_s_per_step": metrics["compute_s_per_step"], "seconds": round(time.time() - tic, 2)}

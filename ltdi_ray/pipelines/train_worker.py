@@ -9,18 +9,25 @@ from typing import List
 import numpy as np
 import torch
 
+from ltdi_ray.base_nets.paramspec import ParamSpec
 from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import (DataFacts, build_chain_loss, build_diffusion, build_function_loss, build_model,
-                                      make_normalizer, support_of)
+from ltdi_ray.generator.build import (
+    DataFacts,
+    build_chain_loss,
+    build_diffusion,
+    build_function_loss,
+    build_model,
+    make_normalizer,
+)
 from ltdi_ray.generator.checkpoint import MODEL, read_meta, read_tensors, read_train_state, write_checkpoint
+from ltdi_ray.generator.normalizer import WeightNormalizer
 from ltdi_ray.meta.trainer import MetaTrainer, TaskStore, shard_range
-from ltdi_ray.models import WeightNormalizer
-from ltdi_ray.nets.paramspec import ParamSpec
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
-from ltdi_ray.trajectories import initial_theta
+from ltdi_ray.tasks.episodes import support_of
+from ltdi_ray.trajectories.theta0 import theta0_of
 
 
 def _load_store(shard, family, norm: WeightNormalizer, device: torch.device, total: int, rank: int,
@@ -77,7 +84,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
+    from ltdi_ray.pipelines.runtime import quiet_ray_data
+    from ltdi_ray.progress import RemoteBar
+
     cfg = config_from_plain(loop_config["cfg"])
+    if not cfg.verbose:
+        quiet_ray_data()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     t = cfg.train
@@ -86,17 +98,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     family = make_family(cfg.task, cfg.storage.endpoint_url)
     spec = ParamSpec.from_json(loop_config["param_spec"])
     facts = DataFacts(dim=spec.dim, checkpoint_steps=list(loop_config["checkpoint_steps"]))
-    # copies: arrays from Ray's object store are read-only
-    norm = make_normalizer(cfg, loop_config["mean"], loop_config["std"]).to(device)
-    stored = loop_config.get("theta0")  # the dataset's start; None: per-task starts, or a dataset from before it was stored
-    theta0 = initial_theta(family, cfg.trajectory.init_seed) if stored is None else torch.from_numpy(stored.copy())
+    norm = make_normalizer(family, loop_config["mean"], loop_config["std"]).to(device)
+    stored = loop_config["theta0"]  # the dataset's single start; None: tasks start elsewhere
+    theta0 = theta0_of(cfg, family, None if stored is None else torch.from_numpy(stored.copy()))  # read-only arrays
     torch.manual_seed(t.seed)  # identical initial weights on every worker
     model = build_model(cfg, family, facts).to(device)
     store = _load_store(ray.train.get_dataset_shard(f"shard_{rank}"), family, norm, device,
                         int(loop_config["num_tasks"]), rank, world)
     trainer = MetaTrainer(model, build_diffusion(cfg), store, t, rank, world, _allreduce(world),
                           function_loss=build_function_loss(cfg, family, spec, norm),
-                          chain_loss=build_chain_loss(cfg, family, spec, norm, theta0))
+                          chain_loss=build_chain_loss(cfg, family, spec, norm, theta0.to(device)))
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -108,7 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start_epoch = int(state["epoch"]) + 1
     val = family.sample_many("val", range(t.val_tasks), cfg.collect.seed)
     val_sx, val_sy = support_of(val, family, device, raw=True)
-    live = WeightGenerator(cfg, spec, facts, model, norm, theta0.to(device)).to(device)  # shares model's weights
+    live = WeightGenerator(cfg, spec, facts, model, norm, theta0.shared).to(device)  # shares model's weights
     meta = {"config": loop_config["cfg"], "param_spec": loop_config["param_spec"],
             "checkpoint_steps": facts.checkpoint_steps, "target_indices": loop_config["indices"],
             "dataset": loop_config["dataset"], "num_train_tasks": store.total, "workers": world,
@@ -116,7 +127,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(start_epoch, t.epochs):
         tic = time.time()
         model.train()
-        losses = [trainer.step(epoch * t.steps_per_epoch + s) for s in range(t.steps_per_epoch)]
+        bar = RemoteBar(rank == 0 and loop_config["progress"], t.steps_per_epoch, f"train epoch {epoch + 1}/{t.epochs}")
+        losses = []
+        for s in range(t.steps_per_epoch):
+            losses.append(trainer.step(epoch * t.steps_per_epoch + s))
+            bar.update()
+        bar.close()
         seconds = time.time() - tic
         model.eval()
         score = live.query_metric(live.generate_batch(val_sx, val_sy, seed=0), val)
@@ -125,11 +141,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "epoch_seconds": round(seconds, 3),
                    "tasks_per_s": round(t.steps_per_epoch * t.meta_batch / seconds, 2), **trainer.take_timing()}
         history.append({k: metrics[k] for k in ("epoch", "loss", "val_metric", "val_metric_median", "tasks_per_s")})
+        if rank == 0:  # the one line per epoch a user watches (Ray forwards it to the driver's console)
+            print(f"train: epoch {epoch + 1}/{t.epochs}: loss {metrics['loss']:.4f}, validation {family.metric_name} "
+                  f"{metrics['val_metric']:.4f} (median {metrics['val_metric_median']:.4f}), "
+                  f"{metrics['tasks_per_s']:.0f} tasks/s", flush=True)
         with tempfile.TemporaryDirectory() as d:
             reported = None
             if rank == 0:
                 write_checkpoint(Location.parse(d), model,
-                                 {"mean": norm.mean, "std": norm.std, "theta0": theta0},
+                                 {"mean": norm.mean, "std": norm.std, "theta0": theta0.shared},
                                  {**meta, "epoch": epoch, "metrics": metrics, "history": history},
                                  # every random draw derives from (train.seed, step): no RNG state to keep
                                  {"optimizer": trainer.opt.state_dict(), "epoch": epoch,

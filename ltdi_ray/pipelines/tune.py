@@ -19,10 +19,10 @@ from ltdi_ray.config.compose import config_from_plain, set_dotted, to_plain
 from ltdi_ray.config.schema import Config
 from ltdi_ray.config.sweep import flatten_space
 from ltdi_ray.errors import ConfigError, DataError
+from ltdi_ray.pipelines.prepare import prepare
 from ltdi_ray.pipelines.train import make_trainer, open_dataset, prepare_training, storage_path
 from ltdi_ray.storage.fs import Location
-from ltdi_ray.tasks import make_family
-from ltdi_ray.pipelines.backbone import ensure_backbone
+from ltdi_ray.tasks import family_class
 
 log = logging.getLogger("ltdi_ray")
 METRIC = "val_metric"
@@ -97,14 +97,14 @@ def run_tune(cfg: Config) -> dict:
     from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
     from ltdi_ray.pipelines.tune_report import write_report
 
-    start = time.time()
-    cfg = ensure_backbone(cfg)
+    tic = time.time()
+    cfg = prepare(cfg)
     params = check_space(cfg)
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     root.check_reachable()
     open_dataset(cfg)  # fail here, not in every trial, when the dataset is missing or was collected otherwise
-    mode = "min" if make_family(cfg.task, cfg.storage.endpoint_url).loss == "mse" else "max"
-    ensure_ray(cfg.ray)
+    mode = "max" if family_class(cfg.task.family).higher_is_better else "min"
+    ensure_ray(cfg.ray, cfg.verbose)
     sweep_root = root.child("tune")
     # the driver only waits on its Train run: it holds a sliver of a CPU
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=to_plain(cfg)), {"CPU": 0.01})
@@ -121,7 +121,9 @@ def run_tune(cfg: Config) -> dict:
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
                                         grace_period=min(cfg.tune.grace_period, cfg.train.epochs),
                                         reduction_factor=cfg.tune.reduction_factor)),
+            # Tune's status line (trials running, pending, done) is the sweep's progress; verbose adds results
             run_config=tune.RunConfig(name=cfg.tune.name, storage_path=storage_path(sweep_root),
+                                      verbose=2 if cfg.verbose else 1,
                                       failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)))
     with user_errors_from_ray():
         results = tuner.fit()
@@ -135,4 +137,4 @@ def run_tune(cfg: Config) -> dict:
     return {"stage": "tune", "uri": str(sweep_root.child(cfg.tune.name)), "trials": report["trials"],
             "best_metric": report["best"][METRIC], "best_config": report["best_config"],
             "best_params": report["best"]["params"], "table": report["table"], "plots": report["plots"],
-            "seconds": round(time.time() - start, 2)}
+            "seconds": round(time.time() - tic, 2)}

@@ -1,4 +1,4 @@
-"""The trajectory dataset artifact (DESIGN 3.2).
+"""The trajectory dataset artifact (docs/design.md 3.2).
 
 Layout under a dataset URI::
 
@@ -86,7 +86,7 @@ def part_name(task_ids: np.ndarray) -> str:
     return f"part-{int(task_ids.min()):09d}-{len(task_ids):06d}-{digest}.parquet"
 
 
-def summarise(name: str, data: bytes, table: pa.Table) -> PartSummary:
+def summarise_part(name: str, data: bytes, table: pa.Table) -> PartSummary:
     """Checksum and streaming statistics of one data file's contents."""
     ckpt = table.column("checkpoints").combine_chunks()
     n, num_ckpt = len(ckpt), int(table.column("steps").type.list_size)
@@ -109,7 +109,7 @@ def write_part(data_dir: Location, table: pa.Table) -> PartSummary:
     data = buf.getvalue()
     name = part_name(table.column("task_id").to_numpy())
     data_dir.write_atomic(name, data)
-    return summarise(name, data, table)
+    return summarise_part(name, data, table)
 
 
 def read_part(data_dir: Location, name: str, expect_sha256: Optional[str] = None) -> Tuple[bytes, pa.Table]:

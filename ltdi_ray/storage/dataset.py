@@ -7,8 +7,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ltdi_ray.base_nets.paramspec import ParamSpec
 from ltdi_ray.errors import DataError
-from ltdi_ray.nets.paramspec import ParamSpec
 from ltdi_ray.storage.artifact import DATA_DIR, FORMAT, FORMAT_VERSION, MANIFEST, read_json, read_part, table_to_arrays
 from ltdi_ray.storage.fs import Location
 

@@ -1,23 +1,48 @@
 """Sinusoid regression (MAML protocol): y = A sin(x - p), A ~ U[0.1, 5], p ~ U[0, pi], x ~ U[-5, 5]."""
 
-from typing import Dict, Sequence
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ltdi_ray.config.schema import SinusoidTaskConfig
-from ltdi_ray.nets.mlp import MLP
-from ltdi_ray.tasks.base import FieldSpec, TaskFamily, counter_uniform, task_seed
+from ltdi_ray.base_nets.mlp import MLP
+from ltdi_ray.config.checks import check, check_range
+from ltdi_ray.tasks.base import FieldSpec, RegressionFamily, counter_uniform, task_seed
 
 
-class SinusoidFamily(TaskFamily):
+@dataclass
+class SinusoidConfig:
+    """``task=sinusoid``: episodes of y = A sin(x - p) and the base MLP that fits them."""
+
+    family: str = "sinusoid"
+    shots: int = 5  # K: support size, the generator's condition
+    pool_size: int = 100  # points the inner optimiser trains on (support is a subset)
+    pool: str = "grid"  # grid: the same evenly spaced x for every task (targets depend on the task alone); random: x ~ U(x_range)
+    query_size: int = 100  # held-out points, scoring only
+    amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])
+    phase: List[float] = field(default_factory=lambda: [0.0, math.pi])
+    x_range: List[float] = field(default_factory=lambda: [-5.0, 5.0])
+    hidden: List[int] = field(default_factory=lambda: [40, 40])  # base MLP 1-40-40-1
+
+    def __post_init__(self) -> None:
+        check(self.shots >= 1, "task.shots", f"must be >= 1, got {self.shots}")
+        check(self.pool_size >= self.shots, "task.pool_size", f"must be >= task.shots ({self.shots}), got {self.pool_size}")
+        check(self.query_size >= 1, "task.query_size", f"must be >= 1, got {self.query_size}")
+        check(self.pool in ("random", "grid"), "task.pool", f"must be random or grid, got {self.pool!r}")
+        for key in ("amplitude", "phase", "x_range"):
+            check_range(getattr(self, key), f"task.{key}")
+        check(len(self.hidden) >= 1 and min(self.hidden) >= 1, "task.hidden", f"must be positive widths, got {list(self.hidden)}")
+
+
+class SinusoidFamily(RegressionFamily):
     """Episodes: pool of ``pool_size`` points, K-shot support drawn from it, fresh query points."""
 
     name = "sinusoid"
-    loss = "mse"
-
-    def __init__(self, cfg: SinusoidTaskConfig):
-        self.cfg = cfg
+    Config = SinusoidConfig
 
     def fields(self) -> FieldSpec:
         c = self.cfg
@@ -59,11 +84,17 @@ class SinusoidFamily(TaskFamily):
             "query_y": (amp[:, :, None] * np.sin(query_x - phase[:, :, None])).astype(f32),
         }
 
-    def build_net(self) -> torch.nn.Module:
+    def build_net(self, ways: Optional[int] = None) -> torch.nn.Module:
         return MLP(1, self.cfg.hidden, 1)
 
     def decode(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    @classmethod
+    def defaults(cls, cfg) -> Dict[str, Any]:
+        """Trajectories start at a Reptile-learned theta_0 (10 shots: 0.232 -> 0.018) and the bridge's
+        single-level loss adds the function-space term at 0.1 (docs/results/method-choices.md)."""
+        return {**super().defaults(cfg), "trajectory.theta0": "reptile", "train.function_loss": 0.1}
 
     def describe(self) -> dict:
         c = self.cfg

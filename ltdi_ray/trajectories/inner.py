@@ -3,67 +3,33 @@
 A task's network is the base module evaluated functionally on a flat weight vector theta (D,).
 :func:`run_batched` trains B tasks at once with ``vmap(grad(...))`` and hand-batched Adam/SGD
 (optionally SAM) on a ``(B, D)`` tensor; :func:`run_per_task` is the plain loop with
-``torch.optim`` that exists to check it (both agree to 1e-5 on the same inputs).
+``torch.optim`` that exists to check it (both agree to 1e-5 on the same inputs). Both take the
+``trajectory`` config node (``TrajectoryConfig``: optimizer, lr, steps, save_every, sam_rho).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from ltdi_ray.nets.paramspec import ParamSpec
+from ltdi_ray.base_nets.paramspec import ParamSpec
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (theta (D,), x, y) -> scalar
 
 
-@dataclass(frozen=True)
-class InnerOptimizer:
-    """What the inner loop runs: ``steps`` updates, a checkpoint every ``save_every``."""
-
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 0.01
-    steps: int = 100
-    save_every: int = 10
-    sam_rho: float = 0.0  # > 0: sharpness-aware minimisation, gradient taken at theta + rho * g / |g|
-    betas: Tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-    @property
-    def num_checkpoints(self) -> int:
-        """C = M / save_every + 1 (theta_0 included)."""
-        return self.steps // self.save_every + 1
-
-    @property
-    def checkpoint_steps(self) -> list:
-        return list(range(0, self.steps + 1, self.save_every))
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 
 
-def make_loss(net: torch.nn.Module, spec: ParamSpec, kind: str) -> LossFn:
-    """The task loss of ``net`` at flat weights ``theta``: mean squared error or cross-entropy."""
+def make_functional(net: torch.nn.Module, spec: ParamSpec, fn: Callable) -> LossFn:
+    """``fn(predictions, targets)`` (a family's loss or metric) of ``net`` at flat weights ``theta``."""
 
-    def loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pred = functional_call(net, spec.unflatten(theta), (x,))
-        # explicit MSE: F.mse_loss has no correct batching rule under nested vmap (torch 2.13)
-        return (pred - y).square().mean() if kind == "mse" else F.cross_entropy(pred, y)
+    def at(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return fn(functional_call(net, spec.unflatten(theta), (x,)), y)
 
-    return loss
-
-
-def make_metric(net: torch.nn.Module, spec: ParamSpec, kind: str) -> LossFn:
-    """The reported metric: MSE for regression, accuracy in [0, 1] for classification."""
-    if kind == "mse":
-        return make_loss(net, spec, kind)
-
-    def accuracy(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pred = functional_call(net, spec.unflatten(theta), (x,))
-        return (pred.argmax(-1) == y).float().mean()
-
-    return accuracy
+    return at
 
 
 def evaluate(fn: LossFn, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -90,7 +56,7 @@ def _batched_grad(loss: LossFn) -> Callable[..., torch.Tensor]:
 
 
 def run_batched(loss: LossFn, theta0: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                opt: InnerOptimizer) -> torch.Tensor:
+                opt) -> torch.Tensor:
     """Train B tasks at once from ``theta0`` ``(B, D)`` on pools ``x, y`` ``(B, P, ...)``.
 
     Returns the checkpoints ``(B, C, D)``: theta_0, theta_save_every, ..., theta_M.
@@ -98,7 +64,7 @@ def run_batched(loss: LossFn, theta0: torch.Tensor, x: torch.Tensor, y: torch.Te
     grad_fn = _batched_grad(loss)
     theta = theta0.detach().clone()
     m, v = torch.zeros_like(theta), torch.zeros_like(theta)
-    b1, b2 = opt.betas
+    b1, b2 = ADAM_BETAS
     saved = [theta.clone()]
     for step in range(1, opt.steps + 1):
         g = grad_fn(theta, x, y)
@@ -110,7 +76,7 @@ def run_batched(loss: LossFn, theta0: torch.Tensor, x: torch.Tensor, y: torch.Te
         else:  # the same arithmetic as torch.optim.Adam (single-tensor path)
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(opt.eps)
+            denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(ADAM_EPS)
             theta = theta.addcdiv(m, denom, value=-opt.lr / (1 - b1**step))
         if step % opt.save_every == 0:
             saved.append(theta.clone())
@@ -118,13 +84,13 @@ def run_batched(loss: LossFn, theta0: torch.Tensor, x: torch.Tensor, y: torch.Te
 
 
 def run_per_task(loss: LossFn, theta0: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                 opt: InnerOptimizer) -> torch.Tensor:
+                 opt) -> torch.Tensor:
     """Reference: one task with ``torch.optim``; theta0 ``(D,)``, data ``(P, ...)`` -> ``(C, D)``."""
     theta = theta0.detach().clone().requires_grad_(True)
     if opt.optimizer == "sgd":
         optim = torch.optim.SGD([theta], lr=opt.lr)
     else:
-        optim = torch.optim.Adam([theta], lr=opt.lr, betas=opt.betas, eps=opt.eps, foreach=False)
+        optim = torch.optim.Adam([theta], lr=opt.lr, betas=ADAM_BETAS, eps=ADAM_EPS, foreach=False)
     saved = [theta.detach().clone()]
     for step in range(1, opt.steps + 1):
         optim.zero_grad()

@@ -1,4 +1,5 @@
-"""Local-consistency (trajectory) diffusion, DESIGN 2.3. Parameter-free: the denoiser is an argument.
+"""Local-consistency (trajectory) diffusion, the paper's form (docs/design.md 2.3). Parameter-free: the
+denoiser is an argument.
 
 k segments. Target i (i = 1..k) is reached at step e_i = round(T (k - i) / k) (e_k = 0), and
 segment i's forward process uses the local product abar^(i)_t = abar_t / abar_{e_i}:
@@ -12,7 +13,7 @@ Training matches the network's implied *global* DDPM posterior mean to segment i
 so the ordinary global reverse chain follows each segment's own reverse step and passes near
 each local target on its way to the last one. With ``weighting="eps"`` the loss is divided by
 beta_t^2 / (alpha_t (1 - abar_t)); for k = 1 and the eps parameterisation it is then exactly the
-standard DDPM loss ||eps_hat - eps||^2, and in general it is DESIGN's loss
+standard DDPM loss ||eps_hat - eps||^2, and in general it is the loss of docs/design.md 2.3.1
 ||sqrt(1 - abar^(i)_t) f - sqrt(1 - abar_t) eps||^2 up to a per-t weight (same minimiser).
 ``weighting="mean"`` is plain mean matching (weight a_t^2 on x0 errors), which kept the x0
 parameterisation stable in the prototype; ``weighting="x0"`` weighs x0 errors equally at every t.
@@ -21,33 +22,19 @@ parameterisation stable in the prototype; ``weighting="x0"`` weighs x0 errors eq
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ltdi_ray.diffusion.base import Denoiser, segment_ends, target_indices
 from ltdi_ray.diffusion.schedules import Schedule
-
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (N, D), t (N,), cond) -> (N, D)
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
 WEIGHTINGS = ("eps", "mean", "x0")
 
 
-def segment_ends(steps: int, segments: int) -> torch.Tensor:
-    """e_i for i = 1..k: ``(k,)`` long, decreasing to e_k = 0."""
-    i = torch.arange(1, segments + 1, dtype=torch.float64)
-    return torch.round(steps * (segments - i) / segments).long()
-
-
-def target_indices(checkpoint_steps: Sequence[int], segments: int) -> List[int]:
-    """Checkpoint index of target i: the saved step nearest to i * M / k (target k = theta_M)."""
-    steps = torch.as_tensor(checkpoint_steps, dtype=torch.float64)
-    total = float(steps[-1])
-    return [int(torch.argmin((steps - i * total / segments).abs())) for i in range(1, segments + 1)]
-
-
 @dataclass(frozen=True)
-class TrajectoryDiffusion:
+class LocalConsistencyDiffusion:
     """The forward marginals, training loss and samplers for k local-consistency segments."""
 
     schedule: Schedule

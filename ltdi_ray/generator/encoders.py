@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ltdi_ray.generator.heads import prototypes
+
 
 class SetEncoder(nn.Module):
     """Regression supports: an MLP over (x, y) pairs, mean-pooled, then an MLP.
@@ -85,7 +87,5 @@ class ImagePrototypeEncoder(nn.Module):
         self.proj = nn.Sequential(nn.SiLU(), nn.Linear(ways * width, width), nn.SiLU(), nn.Linear(width, cond_dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from ltdi_ray.models.heads import prototypes
-
         emb = self.embed(x.flatten(0, 1)).view(*x.shape[:2], -1)
         return self.proj(prototypes(emb, y, self.ways).flatten(1))

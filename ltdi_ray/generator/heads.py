@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ltdi_ray.models.denoiser import DenoiserPreset, timestep_embedding
+from ltdi_ray.generator.denoisers import DenoiserPreset, timestep_embedding
 
 
 def head_rows(theta: torch.Tensor, ways: int) -> torch.Tensor:

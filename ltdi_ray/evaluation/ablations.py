@@ -1,0 +1,39 @@
+"""Ablation generators: trained like the evaluated one with some config keys changed, once per run root
+(under ``<storage.uri>/ablations/<name>``) and reused by later evaluations."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from ltdi_ray.config.compose import config_from_plain, to_plain
+from ltdi_ray.storage.fs import Location
+
+log = logging.getLogger("ltdi_ray")
+
+
+def ablation_config(gen_cfg, changes: dict, epochs=None):
+    """The generator's config with ``changes`` (section -> {key: value}) and ``epochs`` (None: as trained)."""
+    plain = to_plain(gen_cfg)
+    for section, values in changes.items():
+        plain[section].update(values)
+    if epochs is not None:
+        plain["train"]["epochs"] = epochs
+    return config_from_plain(plain)
+
+
+def ablation_generator(cfg, gen, name: str, changes: dict):
+    """Train (or reuse) the generator of ablation ``name``; the evaluated one itself where it already is it
+    (e.g. single_level when train.meta=none)."""
+    from ltdi_ray.generator.api import load_generator
+    from ltdi_ray.pipelines.train import finished, run_name, run_train
+
+    abl = replace(ablation_config(gen.cfg, changes, cfg.evaluate.ablation_epochs), ray=cfg.ray, storage=cfg.storage,
+                  verbose=cfg.verbose)
+    if all(to_plain(getattr(abl, k)) == to_plain(getattr(gen.cfg, k)) for k in ("diffusion", "model", "train")):
+        return gen
+    where = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url).child("ablations", name)
+    if finished(where, run_name(abl), abl.train.epochs) is None:
+        log.info("evaluate: training the %s ablation", name)
+        run_train(abl, name=f"ablations/{name}")
+    return load_generator(str(where), cfg.storage.endpoint_url)
