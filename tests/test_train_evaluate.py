@@ -219,7 +219,7 @@ def test_baselines_meta_trained_as_concurrent_ray_tasks_equal_the_in_process_run
     ev = evaluation_of(cfg)
     names = ["fomaml", "maml", "reptile"]
     assert sorted(names, key=lambda m: -METHODS[m].cost(ev)) == ["reptile", "maml", "fomaml"]  # longest first
-    refs = {m: METHODS[m].launch(ev) for m in names}
+    refs = {m: METHODS[m].launch(ev) for m in names}  # what the evaluate stage waits for with finish()
     assert all(isinstance(ref, ray.ObjectRef) for ref in refs.values())  # running side by side as Ray tasks
     pools = training_pools(cfg, gen)
     for method, ref in refs.items():

@@ -69,7 +69,7 @@ def launch_meta_init(ev, name: str):
 
 
 def finish(ref) -> Tuple[torch.Tensor, dict]:
-    """Wait for a launched baseline; a user error raised in it comes back as itself."""
+    """Wait for work a method launched; a user error raised in it comes back as itself."""
     import ray
 
     from ltdi_ray.pipelines.runtime import user_errors_from_ray

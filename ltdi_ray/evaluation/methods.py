@@ -9,6 +9,7 @@ Adding a method is one decorated function here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -33,14 +34,14 @@ class Evaluation:
     sx: torch.Tensor
     sy: torch.Tensor
     settings: Dict[str, dict] = field(default_factory=dict)
-    launched: Dict[str, Any] = field(default_factory=dict)  # background work started before the methods run
+    ready: Dict[str, Any] = field(default_factory=dict)  # what a method's launch or prepare made, by name
     shared: Dict[str, Any] = field(default_factory=dict)  # what several methods reuse (the baselines' pools)
 
     @property
     def n(self) -> int:
         return self.sx.shape[0]
 
-    @property
+    @cached_property
     def base(self) -> torch.Tensor:
         """The base net's own initialisation (``trajectory.init_seed``): where init, finetune and the
         meta-learned baselines start, whatever theta_0 the generator's trajectories started at."""
@@ -62,14 +63,16 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Method:
-    """An evaluated method: ``run(ev) -> (n, D)``; ``skip(ev)``: why it does not apply, or None;
-    ``launch(ev)``: work started in the background before any method runs (its handle lands in
-    ``ev.launched[name]``); ``cost(ev)``: launch order, longest first."""
+    """An evaluated method: ``run(ev) -> (n, D)``, timed per task; ``skip(ev)``: why it does not apply, or
+    None. What a method trains before it can run is not part of its time: ``launch(ev)`` starts such work
+    in the background before any method runs (``cost(ev)``: launch order, longest first), ``prepare(ev)``
+    does it in the foreground just before; the stage leaves either's result in ``ev.ready[name]``."""
 
     run: Callable[[Evaluation], torch.Tensor]
     skip: Callable[[Evaluation], Optional[str]] = lambda ev: None
     launch: Optional[Callable[[Evaluation], Any]] = None
     cost: Callable[[Evaluation], float] = lambda ev: 0.0
+    prepare: Optional[Callable[[Evaluation], Any]] = None
 
 
 METHODS: Dict[str, Method] = {}
@@ -121,9 +124,7 @@ def _meta_init_cost(name: str) -> Callable[[Evaluation], float]:
 def _meta_init(name: str) -> Callable[[Evaluation], torch.Tensor]:
     def run(ev: Evaluation) -> torch.Tensor:
         """A meta-learned init (meta-trained on the dataset's training pools), then SGD on the support."""
-        from ltdi_ray.evaluation.background import finish
-
-        theta, ev.settings[name] = finish(ev.launched.pop(name))
+        theta, ev.settings[name] = ev.ready.pop(name)
         e = ev.cfg.evaluate
         ev.settings[name]["adapt"] = {"optimizer": "sgd", "lr": e.adapt_lr, "steps": e.adapt_steps}
         return ev.sgd(theta, e.adapt_lr)
@@ -160,19 +161,26 @@ ABLATIONS = {
 }
 
 
-def _ablation(name: str) -> Callable[[Evaluation], torch.Tensor]:
-    def run(ev: Evaluation) -> torch.Tensor:
+def _train_ablation(name: str) -> Callable[[Evaluation], Any]:
+    def prepare(ev: Evaluation):
         from ltdi_ray.config.compose import to_plain
         from ltdi_ray.evaluation.ablations import ablation_generator
 
         gen = ablation_generator(ev.cfg, ev.gen, name, ABLATIONS[name])
         ev.settings[name] = {k: to_plain(gen.cfg)[k] for k in ("diffusion", "train")}
-        return ev.generate(gen)
+        return gen
+    return prepare
+
+
+def _ablation(name: str) -> Callable[[Evaluation], torch.Tensor]:
+    def run(ev: Evaluation) -> torch.Tensor:
+        """The ablation's generator (trained like the evaluated one with some keys changed), zero steps."""
+        return ev.generate(ev.ready.pop(name))
     return run
 
 
 for _name in ABLATIONS:
-    METHODS[_name] = Method(_ablation(_name), _trained_on_the_dataset)
+    METHODS[_name] = Method(_ablation(_name), _trained_on_the_dataset, prepare=_train_ablation(_name))
 
 
 @method("ltdi")

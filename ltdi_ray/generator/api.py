@@ -66,14 +66,15 @@ class WeightGenerator:
         default; other N where the family allows it: its ``with_ways`` and ``weights_for_ways``)."""
         if ways not in self._views:
             family = self.family.with_ways(ways)
-            if family is self.family:
-                spec, norm, theta0 = self.spec, self.norm, self.theta0
-            else:
+            if family is not self.family:
                 net = family.build_net().to(self.device)
                 spec = ParamSpec.from_module(net)
                 mean, std, shared = self.family.weights_for_ways(self.norm.mean, self.norm.std, self.theta0.shared, ways)
                 norm, theta0 = WeightNormalizer(mean, std, self.norm.floor), Theta0(self.theta0.mode, shared)
-            net = family.build_net().to(self.device)
+            elif ways is not None:  # the trained N, named
+                return self._views.setdefault(ways, self.view())
+            else:
+                family, net, spec, norm, theta0 = self.family, self.net, self.spec, self.norm, self.theta0
             self._views[ways] = WaysView(family, spec, norm, theta0, make_functional(net, spec, family.loss),
                                          make_functional(net, spec, family.metric))
         return self._views[ways]
@@ -109,7 +110,7 @@ class WeightGenerator:
         ``(B * num_samples, ...)``, and the sampling generator."""
         sx, sy = self.check_support(support_x, support_y)
         ways = self.family.support_ways(sy)
-        view = self.view(None if ways == getattr(self.cfg.task, "ways", None) else ways)
+        view = self.view(ways)
         sx = view.family.net_input(sx)
         rng = torch.Generator(device=self.device)
         rng.manual_seed(0 if seed is None else seed)
@@ -164,13 +165,12 @@ class WeightGenerator:
         return self.to_module(theta)
 
     def _view_of(self, dim: int) -> WaysView:
-        """The view whose weights have length ``dim`` (the trained one, or heads with D = N * (F + 1))."""
-        if dim == self.spec.dim:
-            return self.view()
-        trained = getattr(self.cfg.task, "ways", None)
-        if trained is None or dim * trained % self.spec.dim:
-            raise DataError(f"weights of length {dim} do not fit this generator's networks (D={self.spec.dim})")
-        return self.view(dim * trained // self.spec.dim)
+        """The view whose weights have length ``dim`` (the trained one, or one generated for another N)."""
+        for view in (self.view(), *self._views.values()):
+            if view.spec.dim == dim:
+                return view
+        raise DataError(f"weights of length {dim} fit none of this generator's networks (D={self.spec.dim}; "
+                        "weights for another number of classes come from generate_batch)")
 
     def to_module(self, theta: torch.Tensor) -> torch.nn.Module:
         """A fresh base network holding the flat weights ``theta (D,)``, taking the users' inputs

@@ -21,8 +21,7 @@ def ensure_ray(cfg: RayConfig, verbose: bool = False) -> None:
 
     Unless ``verbose``, Ray's own INFO chatter (per-report and checkpoint lines, execution plans, worker
     group set-up) stays in its log files, in the driver and every worker of the job; Ray Data's progress
-    lines give way to the stages' own bars; Python warnings and errors still reach the console, and
-    Ray's C++ side logs only fatal errors.
+    lines give way to the stages' own bars; warnings and errors still reach the console.
     """
     import ray
     import ray.data
@@ -42,13 +41,8 @@ def ensure_ray(cfg: RayConfig, verbose: bool = False) -> None:
         return
     quiet = {} if verbose else {"logging_config": ray.LoggingConfig(log_level="WARNING"),
                                 "runtime_env": {"worker_process_setup_hook": "ltdi_ray.pipelines.runtime.quiet_worker"}}
-    if not verbose:
-        # the local instance's token is made for this run: nothing to act on
+    if not verbose:  # the local instance's token is made for this run: nothing to act on
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        # Ray's C++ side logs internal notes at ERROR level (e.g. "actor ... has constructor arguments in the
-        # object store", ray-project/ray#53727, for Ray Data's and Train's own actors); failures still
-        # reach the stage as exceptions. Set before the processes start: it is read once, at their start.
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if cfg.address:
         ray.init(address=cfg.address, **quiet)
     elif os.environ.get("RAY_ADDRESS"):

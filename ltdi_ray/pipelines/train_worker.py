@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from typing import List
@@ -88,8 +89,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ltdi_ray.progress import RemoteBar
 
     cfg = config_from_plain(loop_config["cfg"])
+    log = logging.getLogger("ltdi_ray")
+    log.setLevel(logging.INFO)  # its epoch lines, whatever the root logger lets through
     if not cfg.verbose:
         quiet_ray_data()
+        # Train's own INFO lines (one per report) come from loggers outside ``ray.train``'s level
+        logging.getLogger().setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     t = cfg.train
@@ -141,10 +146,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "epoch_seconds": round(seconds, 3),
                    "tasks_per_s": round(t.steps_per_epoch * t.meta_batch / seconds, 2), **trainer.take_timing()}
         history.append({k: metrics[k] for k in ("epoch", "loss", "val_metric", "val_metric_median", "tasks_per_s")})
-        if rank == 0:  # the one line per epoch a user watches (Ray forwards it to the driver's console)
-            print(f"train: epoch {epoch + 1}/{t.epochs}: loss {metrics['loss']:.4f}, validation {family.metric_name} "
-                  f"{metrics['val_metric']:.4f} (median {metrics['val_metric_median']:.4f}), "
-                  f"{metrics['tasks_per_s']:.0f} tasks/s", flush=True)
+        if rank == 0:  # the one line per epoch a user watches, forwarded by Ray to the driver's console
+            log.info("train: epoch %d/%d: loss %.4f, validation %s %.4f (median %.4f), %.0f tasks/s", epoch + 1,
+                     t.epochs, metrics["loss"], family.metric_name, metrics["val_metric"], metrics["val_metric_median"],
+                     metrics["tasks_per_s"])
         with tempfile.TemporaryDirectory() as d:
             reported = None
             if rank == 0:
