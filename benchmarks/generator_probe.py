@@ -34,15 +34,8 @@ import torch
 import ltdi_ray
 from ltdi_ray.evaluation.stats import mean_ci
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import (
-    DataFacts,
-    build_chain_loss,
-    build_diffusion,
-    build_function_loss,
-    build_model,
-    make_normalizer,
-)
-from ltdi_ray.meta.trainer import MetaTrainer, TaskStore
+from ltdi_ray.generator.build import DataFacts, build_diffusion, build_trainer, make_normalizer
+from ltdi_ray.meta.trainer import TaskStore
 from ltdi_ray.pipelines.prepare import prepare
 from ltdi_ray.storage.artifact import checkpoint_moments, read_norm_stats, stats_from_moments
 from ltdi_ray.tasks import make_family
@@ -102,19 +95,13 @@ def main() -> None:
                                                 else collected_rows(cfg, args.collect, args.device))
     collect_s = time.time() - tic
     # from here on what every train worker does (pipelines/train_worker.py), on all tasks at once
-    diffusion = build_diffusion(cfg)
     norm = make_normalizer(family, stats["mean"], stats["std"]).to(device)
     theta0 = theta0.to(device)
-    targets = torch.from_numpy(rows["checkpoints"][:, diffusion.checkpoint_indices(steps)]).float().to(device)
-    store = TaskStore(norm.normalize(targets), family.to_torch(rows["pool_x"]).to(device),
-                      family.targets_to_torch(rows["pool_y"]).to(device),
-                      torch.from_numpy(rows["support_idx"].astype(np.int64)).to(device), classes=family.pool_classes)
+    rows["targets"] = rows.pop("checkpoints")[:, build_diffusion(cfg).checkpoint_indices(steps)]
+    store = TaskStore.from_rows(rows, family, norm, device)
     facts = DataFacts(spec.dim, list(steps))
-    torch.manual_seed(cfg.train.seed)  # the generator's initial weights, as in the train stage
-    model = build_model(cfg, family, facts).to(device)
-    trainer = MetaTrainer(model, diffusion, store, cfg.train, total_steps=args.steps or None,
-                          function_loss=build_function_loss(cfg, family, spec, norm),
-                          chain_loss=build_chain_loss(cfg, family, spec, norm, theta0))
+    trainer = build_trainer(cfg, family, facts, spec, norm, theta0, store, total_steps=args.steps or None)
+    model = trainer.gen
     gen = WeightGenerator(cfg, spec, facts, model, norm, theta0.shared).to(device)  # shares model's weights
     model.train()  # WeightGenerator puts the model it wraps in eval mode
     first = len(store) if args.split == "train" else 0

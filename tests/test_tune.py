@@ -72,6 +72,19 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(sweep, ray_session):
     assert resumed["trials"] == 4 and all(t["val_metric"] is not None for t in table)
 
 
+def test_no_trial_carries_the_drivers_credentials_into_rays_logs(sweep, ray_session):
+    """Tune would copy AWS_* keys from the driver's environment into every trial's runtime env, which Ray's
+    runtime-env agent logs in clear text; the session's environment holds fake keys (conftest)."""
+    from conftest import FAKE_KEY_ID, FAKE_SECRET
+
+    logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs"
+    agent_logs = list(logs.glob("runtime_env_agent*.log"))
+    assert agent_logs and all(p.read_text(errors="replace") for p in agent_logs)  # trials did create runtime envs
+    leaks = [p.name for p in logs.rglob("*") if p.is_file() and (FAKE_SECRET in p.read_text(errors="replace")
+                                                                 or FAKE_KEY_ID in p.read_text(errors="replace"))]
+    assert not leaks, leaks
+
+
 def test_rerunning_the_sweep_resumes_it_instead_of_starting_over(sweep, capsys):
     cfg, first = sweep
     again = run_tune(cfg)  # the experiment state is on storage: the finished trials are not run again

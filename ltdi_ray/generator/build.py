@@ -17,6 +17,7 @@ from ltdi_ray.diffusion import Diffusion, make_diffusion
 from ltdi_ray.generator.denoisers import PRESETS
 from ltdi_ray.generator.network import GeneratorNet
 from ltdi_ray.generator.normalizer import WeightNormalizer
+from ltdi_ray.meta.trainer import MetaTrainer
 from ltdi_ray.tasks import TaskFamily
 from ltdi_ray.trajectories.theta0 import Theta0
 
@@ -45,6 +46,19 @@ def make_normalizer(family: TaskFamily, mean, std) -> WeightNormalizer:
     store are read-only)."""
     copy = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # noqa: E731
     return family.normalizer(copy(mean), copy(std))
+
+
+def build_trainer(cfg: Config, family: TaskFamily, facts: DataFacts, spec, norm: WeightNormalizer, theta0: Theta0,
+                  store, **outer) -> MetaTrainer:
+    """The generator (its initial weights drawn under ``train.seed``: the same on every worker) and the outer
+    loop that trains it on ``store``, with the loss terms the config asks for; ``outer``: MetaTrainer's
+    data-parallel and schedule arguments. The generator is ``trainer.gen``."""
+    device = store.targets.device
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, family, facts).to(device)
+    return MetaTrainer(model, build_diffusion(cfg), store, cfg.train,
+                       function_loss=build_function_loss(cfg, family, spec, norm),
+                       chain_loss=build_chain_loss(cfg, family, spec, norm, theta0.to(device)), **outer)
 
 
 def build_function_loss(cfg: Config, family: TaskFamily, spec, norm: WeightNormalizer):

@@ -55,6 +55,16 @@ class TaskStore:
     def __post_init__(self) -> None:
         self.total = len(self) if self.total is None else self.total
 
+    @classmethod
+    def from_rows(cls, rows: dict, family, norm, device, first: int = 0, total: Optional[int] = None) -> "TaskStore":
+        """A store on ``device`` from dataset rows in task order: ``targets`` (the target checkpoints
+        ``(n, k + 1, D)``, raw weights), ``pool_x``, ``pool_y``, ``support_idx``; ``family`` makes the
+        network inputs and targets, ``norm`` normalises the weights."""
+        return cls(norm.normalize(torch.as_tensor(rows["targets"]).float().to(device)),
+                   family.to_torch(rows["pool_x"]).to(device), family.targets_to_torch(rows["pool_y"]).to(device),
+                   torch.from_numpy(rows["support_idx"].astype(np.int64)).to(device), first=first, total=total,
+                   classes=family.pool_classes)
+
     def __len__(self) -> int:
         return self.targets.shape[0]
 

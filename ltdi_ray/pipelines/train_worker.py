@@ -14,17 +14,10 @@ from ltdi_ray.base_nets.paramspec import ParamSpec
 from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.api import WeightGenerator
-from ltdi_ray.generator.build import (
-    DataFacts,
-    build_chain_loss,
-    build_diffusion,
-    build_function_loss,
-    build_model,
-    make_normalizer,
-)
+from ltdi_ray.generator.build import DataFacts, build_trainer, make_normalizer
 from ltdi_ray.generator.checkpoint import MODEL, read_meta, read_tensors, read_train_state, write_checkpoint
 from ltdi_ray.generator.normalizer import WeightNormalizer
-from ltdi_ray.meta.trainer import MetaTrainer, TaskStore, shard_range
+from ltdi_ray.meta.trainer import TaskStore, shard_range
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import make_family
 from ltdi_ray.tasks.episodes import support_of
@@ -43,11 +36,7 @@ def _load_store(shard, family, norm: WeightNormalizer, device: torch.device, tot
     if not np.array_equal(rows["task_id"][order], np.arange(lo, hi)):
         raise DataError(f"worker {rank} expected tasks {lo}..{hi - 1} and received {len(order)} rows "
                         f"({rows['task_id'].min()}..{rows['task_id'].max()}): the dataset is missing tasks")
-    targets = norm.normalize(torch.from_numpy(rows["targets"][order]).float())
-    return TaskStore(targets.to(device), family.to_torch(rows["pool_x"][order]).to(device),
-                     family.targets_to_torch(rows["pool_y"][order]).to(device),
-                     torch.from_numpy(rows["support_idx"][order].astype(np.int64)).to(device), first=lo, total=total,
-                     classes=family.pool_classes)
+    return TaskStore.from_rows({k: v[order] for k, v in rows.items()}, family, norm, device, first=lo, total=total)
 
 
 def _node_ids(world: int) -> List[str]:
@@ -106,13 +95,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     norm = make_normalizer(family, loop_config["mean"], loop_config["std"]).to(device)
     stored = loop_config["theta0"]  # the dataset's single start; None: tasks start elsewhere
     theta0 = theta0_of(cfg, family, None if stored is None else torch.from_numpy(stored.copy()))  # read-only arrays
-    torch.manual_seed(t.seed)  # identical initial weights on every worker
-    model = build_model(cfg, family, facts).to(device)
     store = _load_store(ray.train.get_dataset_shard(f"shard_{rank}"), family, norm, device,
                         int(loop_config["num_tasks"]), rank, world)
-    trainer = MetaTrainer(model, build_diffusion(cfg), store, t, rank, world, _allreduce(world),
-                          function_loss=build_function_loss(cfg, family, spec, norm),
-                          chain_loss=build_chain_loss(cfg, family, spec, norm, theta0.to(device)))
+    trainer = build_trainer(cfg, family, facts, spec, norm, theta0, store, rank=rank, world=world,
+                            allreduce=_allreduce(world))
+    model = trainer.gen
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

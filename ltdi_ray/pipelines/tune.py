@@ -86,6 +86,19 @@ def max_concurrent(cfg: Config) -> int:
     return max(1, fits)
 
 
+CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+
+
+def keep_credentials_out_of_trial_envs() -> None:
+    """Tune copies these variables from the driver's environment into every trial's runtime env, and Ray's
+    runtime-env agent writes runtime envs to its log file in clear text (Ray 2.60,
+    ``ray.tune.execution.class_cache``; docs/ray-notes.md 12). Trials then take credentials as every other
+    worker of the stages does: from their node's environment or cloud identity."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = class_cache.ENV_VARS_TO_PROPAGATE - CREDENTIALS
+
+
 def run_tune(cfg: Config) -> dict:
     """Sweep ``tune.space`` with ASHA on the validation metric; write the table, plots and best config.
 
@@ -105,6 +118,7 @@ def run_tune(cfg: Config) -> dict:
     open_dataset(cfg)  # fail here, not in every trial, when the dataset is missing or was collected otherwise
     mode = "max" if family_class(cfg.task.family).higher_is_better else "min"
     ensure_ray(cfg.ray, cfg.verbose)
+    keep_credentials_out_of_trial_envs()
     sweep_root = root.child("tune")
     # the driver only waits on its Train run: it holds a sliver of a CPU
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=to_plain(cfg)), {"CPU": 0.01})
