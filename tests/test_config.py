@@ -155,3 +155,25 @@ def test_method_validators_accept_exactly_the_valid_values(steps, segments, lr, 
         assert any(f"'{key}" in str(err) for key, good in ok.items() if not good), err  # names a culprit
     else:
         assert all(ok.values())
+
+
+def test_a_family_named_by_import_path_gets_its_own_schema_and_one_line_errors(monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "polynomial"))
+    cfg = load_config(["task.family=fewshot_poly:PolynomialFamily", "task.degree=2", "experiment=smoke"])
+    assert type(cfg.task).__name__ == "PolynomialConfig" and cfg.task.degree == 2
+    assert cfg.storage.uri.endswith("ltdi_runs/smoke-polynomial")  # the family's short name
+    assert cfg.trajectory.theta0 == "shared" and cfg.model.encoder_ridge == 1e-4  # generic and regression defaults
+    for overrides, needle in [
+        (["task.family=fewshot_poly:PolynomialFamily", "task.degre=2"], "unknown config key 'task.degre'"),
+        (["task.family=fewshot_poly:PolynomialFamily", "task.degree=99"], "'task.degree': must be in [0, 10]"),
+        (["task.family=no_such_module:Family"], "cannot import no_such_module:Family"),
+        (["task.family=ltdi_ray.config.schema:Config"], "is not a subclass of ltdi_ray.tasks.TaskFamily"),
+        (["task.family=nope"], "unknown task family 'nope'"),
+        (["task=custom"], "task=custom needs task.family=package.module:Class"),
+        (["task=omniglot", "task.family=fewshot_poly:PolynomialFamily"], "name different families"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides)
+        assert needle in str(err.value) and "\n" not in str(err.value), (overrides, str(err.value))
