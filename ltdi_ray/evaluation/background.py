@@ -1,9 +1,9 @@
 """The meta-learned baselines' training as concurrent Ray tasks, started before the methods run.
 
 They are independent, and one of them keeps a single core busy (batches of 25 small tasks), so
-running them side by side while the driver trains the ablations shortens the stage by the
-baselines' time on a two-core machine; the evaluate stage launches them longest first (Reptile's
-inner loop is the longest), so the shorter ones fill the other cores.
+running them side by side, and beside the methods that come before them, shortens the stage on a
+two-core machine; the evaluate stage launches them longest first (Reptile's inner loop is the
+longest), so the shorter ones fill the other cores.
 """
 
 from __future__ import annotations
@@ -38,15 +38,15 @@ def training_pools(cfg, gen) -> Tuple[torch.Tensor, torch.Tensor]:
     return _POOLS[key]
 
 
-def _meta_init_task(threads: int, show: bool, method: str, *args) -> Tuple[torch.Tensor, dict]:
+def _meta_init_task(threads: int, show: bool, method: str, loss, theta0, pools, classes: int, shots: int,
+                    settings) -> Tuple[torch.Tensor, dict]:
     """:func:`meta_train_on_pools` as a Ray task, torch's intra-op threads capped at the task's CPUs, its
     progress drawn on the driver (``show``)."""
     from ltdi_ray.progress import RemoteBar
 
     torch.set_num_threads(threads)
-    settings = args[-1]
     bar = RemoteBar(show, settings.meta_steps, method)
-    theta, record = meta_train_on_pools(*args[:-1], method, settings, on_step=bar.update)
+    theta, record = meta_train_on_pools(loss, theta0, pools, classes, shots, method, settings, on_step=bar.update)
     bar.close()
     return theta, {**record, "threads": threads}
 

@@ -79,7 +79,7 @@ def build_chain_loss(cfg: Config, family: TaskFamily, spec, norm: WeightNormaliz
     weight = loss_term_weight(cfg, "chain_loss")
     if weight == 0:
         return None
-    start = lambda sx, sy: norm.normalize(theta0.for_supports(family, sx, sy))  # noqa: E731
+    start = lambda sx, sy: chain_starts(theta0, family, norm, sx, sy)  # noqa: E731
     return ChainLoss(family.build_net().to(norm.mean.device), spec, norm, weight, start, family.loss,
                      cfg.diffusion.sample_steps)
 
