@@ -12,9 +12,10 @@ unseen tasks for three samplers: the DDPM chain (``ddpm``), one DDIM jump per se
 every chain starts at weights the family computes from the support (``trajectory.theta0=prototype``;
 Omniglot heads: the ProtoNet head), ``start``: those weights themselves.
 
-The scored tasks are validation tasks by default (``--split val``): settings are chosen on
-validation tasks, and the test tasks stay unseen until the evaluate stage's final table.
-``--split test`` scores test tasks; ``--split train`` fresh training episodes after the collected ones.
+The scored tasks are validation tasks (``--split val``, the default): settings are chosen on
+validation tasks, and the test tasks stay unseen until the quality benchmarks' final tables
+(docs/results/protocol.md); this probe never scores test tasks. ``--split train`` scores fresh
+training episodes after the collected ones.
 Figures: docs/results/method-choices.md, docs/results/omniglot.md, docs/results/performance.md.
 
     python -m ltdi_ray collect collect.num_tasks=4000 storage.uri=/tmp/sin4g
@@ -80,7 +81,7 @@ def main() -> None:
                    help="a step budget instead (overrides --seconds; also the length of train.lr_schedule=cosine)")
     p.add_argument("--eval-every", type=float, default=0.0, help="seconds between learning-curve points")
     p.add_argument("--tasks", type=int, default=600)
-    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+    p.add_argument("--split", default="val", choices=["train", "val"],
                    help="the scored episodes' split (default val: settings are chosen on validation tasks; "
                         "train: fresh episodes after the collected ones)")
     p.add_argument("--overrides", nargs="*", default=[])

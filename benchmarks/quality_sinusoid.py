@@ -1,50 +1,80 @@
-"""Quality on sinusoid regression: the whole pipeline (collect -> train -> evaluate) for 5 and 10 shots.
+"""Quality on sinusoid regression under the evaluation protocol: untouched test tasks, seeds and controls.
 
-Prints one JSON line per setting,
-``{"task": "sinusoid", "shots": K, "tasks": N, "metric": "mse", "methods": {NAME: {"mean", "ci95",
-"ms_per_task"}}, "settings": {...}, "seconds": ...}``, where the methods are those of
-``evaluate.methods`` (init, finetune, maml, fomaml, reptile, single_level, vanilla, ltdi,
-ltdi_finetune) on ``evaluate.num_tasks`` unseen test tasks, plus ``best_of_n``: the generators
-again with ``evaluate.num_samples=N`` (N candidates per task, the lowest support loss kept).
-Targets (docs/design.md, section 4): ``ltdi`` (zero gradient steps) below ``maml`` (10 SGD steps), and
-``ltdi`` (k >= 2) below ``vanilla`` (k = 1). Figures: docs/results/sinusoid.md.
+For each shot count: collect the training tasks once; choose every SGD step size on validation tasks
+(``--val-tasks``, with the seed-0 generator and baselines); then for each seed s train the generator
+(``train.seed=s``) and score every method and control (baselines meta-trained under
+``evaluate.baseline.seed=s``, ablations trained under ``train.seed=s``) on the ``evaluate.num_tasks``
+test tasks of ``evaluate.seed``, which no choice of this project has seen: once with supports and
+queries as in training (``grid``) and once at continuous x (``off_grid``: ``+evaluate.task.pool=random``).
 
-    python benchmarks/quality_sinusoid.py [--root /tmp/ltdi_quality] [--shots 5 10] [--overrides k=v ...]
+Prints one JSON line per (shots, seed, table) and then one per (shots, table) with the comparison over
+seeds (``ltdi_ray.evaluation.stats.over_seeds``: mean and spread over seeds, ``ltdi`` minus every
+method per seed and pooled, and the verdict); every record also lands under ``--root``
+(``shots<K>/seed<s>/results_<table>.json``, ``shots<K>/summary.json``). Figures: docs/results/sinusoid.md.
+
+    python benchmarks/quality_sinusoid.py [--root /tmp/ltdi_quality] [--shots 5 10] [--seeds 0 1 2]
+        [--methods ...] [--overrides k=v ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
+import torch
+
 import ltdi_ray
+from ltdi_ray.evaluation.protocol import choose_step_sizes, score, seed_run
+from ltdi_ray.evaluation.stats import over_seeds
+
+METHODS = ["init", "finetune", "maml", "fomaml", "reptile", "maml_pool", "encoder_fit", "vanilla", "bridge_k1",
+           "hypernet", "ltdi", "ltdi_finetune", "condition_shuffle"]
+OFF_GRID = ["init", "finetune", "maml", "fomaml", "reptile", "encoder_fit", "bridge_k1", "hypernet", "ltdi",
+            "ltdi_finetune", "condition_shuffle"]
+TABLES = {"grid": [], "off_grid": ["+evaluate.task.pool=random"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default="/tmp/ltdi_quality", help="one run directory per setting goes under it")
+    p.add_argument("--root", default="/tmp/ltdi_quality", help="one directory per shot count goes under it")
     p.add_argument("--shots", type=int, nargs="+", default=[5, 10])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--lr-grid", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03])
+    p.add_argument("--val-tasks", type=int, default=300, help="validation tasks per step size")
     p.add_argument("--overrides", nargs="*", default=[], help="extra config overrides (key=value)")
-    p.add_argument("--best-of", type=int, default=16, help="candidates per task for the best_of_n rows")
     args = p.parse_args()
     for shots in args.shots:
-        tic = time.time()
-        base = [f"task.shots={shots}", f"storage.uri={args.root}/shots{shots}", *args.overrides]
-        summary = ltdi_ray.run("pipeline", ltdi_ray.compose(*base))
-        with open(summary["uri"]) as fh:
-            record = json.load(fh)
-        many = ltdi_ray.compose(*base, f"evaluate.num_samples={args.best_of}",
-                                "evaluate.methods=[vanilla,ltdi,ltdi_finetune]")
-        best_of = ltdi_ray.run("evaluate", many)["methods"]
-        with open(summary["uri"], "w") as fh:  # keep the main table as the run's results.json
-            json.dump(record, fh, indent=1)
-        print(json.dumps({"task": "sinusoid", "shots": shots, "tasks": record["tasks"], "metric": record["metric"],
-                          "methods": record["methods"], "ltdi_minus": record["ltdi_minus"],
-                          f"best_of_{args.best_of}": best_of,
-                          "settings": record["settings"],
-                          "generator": record["generator"], "overrides": args.overrides,
-                          "seconds": round(time.time() - tic, 1)}), flush=True)
+        top = f"{args.root}/shots{shots}"
+        common = [f"task.shots={shots}", *args.overrides]
+        ltdi_ray.run("collect", ltdi_ray.compose(*common, f"storage.uri={top}/data"))
+        chosen, per_seed = {}, {table: [] for table in TABLES}
+        for seed in args.seeds:
+            tic = time.time()
+            run = seed_run(f"{top}/data", f"{top}/seed{seed}")
+            base = [*common, f"storage.uri={run}", f"train.seed={seed}", f"evaluate.baseline.seed={seed}"]
+            ltdi_ray.run("train", ltdi_ray.compose(*base))
+            if not chosen:  # on validation tasks, once: the seed-0 models' step sizes serve every seed
+                chosen = choose_step_sizes(base, args.methods, args.lr_grid, args.val_tasks)
+            for table, extra in TABLES.items():
+                methods = args.methods if table == "grid" else [m for m in args.methods if m in OFF_GRID]
+                record = score(base, methods, chosen, extra, ["memorisation"] if table == "grid" else [])
+                with open(os.path.join(run, f"results_{table}.json"), "w") as fh:
+                    json.dump(record, fh, indent=1)
+                per_seed[table].append({m: torch.tensor(v) for m, v in record["per_task"].items()})
+                print(json.dumps({"task": "sinusoid", "shots": shots, "seed": seed, "table": table,
+                                  "split": record["split"], "eval_seed": record["seed"], "tasks": record["tasks"],
+                                  "metric": record["metric"], "methods": record["methods"],
+                                  "diagnostics": record["diagnostics"], "settings": record["settings"],
+                                  "seconds": round(time.time() - tic, 1)}), flush=True)
+        summary = {table: over_seeds(rows) for table, rows in per_seed.items()}
+        with open(f"{top}/summary.json", "w") as fh:
+            json.dump({"step_sizes": chosen, **summary}, fh, indent=1)
+        for table, s in summary.items():
+            print(json.dumps({"task": "sinusoid", "shots": shots, "table": table, "train_seeds": args.seeds,
+                              "step_sizes": {m: c["lr"] for m, c in chosen.items()}, **s}), flush=True)
 
 
 if __name__ == "__main__":

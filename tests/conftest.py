@@ -65,6 +65,27 @@ def ray_session(s3_endpoint):
     ray.shutdown()
 
 
+SMOKE = ["experiment=smoke", "collect.num_tasks=32", "collect.batch_size=16", "collect.num_actors=1"]
+
+
+def smoke_config(uri, *extra, endpoint=None):
+    """The smallest sinusoid run at ``uri`` (``extra``: more overrides)."""
+    from ltdi_ray.config import load_config
+
+    return load_config([*SMOKE, f"storage.uri={uri}", *extra] + ([f"storage.endpoint_url={endpoint}"] if endpoint else []))
+
+
+@pytest.fixture(scope="session")
+def trained(ray_session, tmp_path_factory):
+    """A collected and trained smoke run, shared by the tests that evaluate, load or plot it: ``(cfg, train summary)``."""
+    from ltdi_ray.pipelines.collect import run_collect
+    from ltdi_ray.pipelines.train import run_train
+
+    cfg = smoke_config(tmp_path_factory.mktemp("run"))
+    run_collect(cfg)
+    return cfg, run_train(cfg)
+
+
 @pytest.fixture(scope="session")
 def omniglot_root() -> str:
     if not (OMNIGLOT / "images_background_small1.zip").is_file():

@@ -49,6 +49,10 @@ def test_s3_uri_is_kept_verbatim():
     ("storage.endpoint_url=127.0.0.1:9000", "storage.endpoint_url"),
     ("task=omniglot", "task.root"),
     ("model.encoder_ridge=-1", "model.encoder_ridge"),
+    ("evaluate.seed=-1", "evaluate.seed"),
+    ("evaluate.diagnostics=[nope]", "evaluate.diagnostics"),
+    ("evaluate.split=holdout", "evaluate.split"),
+    ("diffusion.variant=hypernet", "diffusion.segments"),
     ("reptile_start.meta_steps=0", "reptile_start.meta_steps"),
     ("reptile_start.inner_lr=0", "reptile_start.inner_lr"),
     ("trajectory.theta0=maml", "trajectory.theta0"),
@@ -112,7 +116,7 @@ def test_the_chain_loss_defaults_on_for_omniglot_heads_and_needs_the_determinist
     assert loss_term_weight(load_config([*head, "diffusion.sampler=ddpm"]), "chain_loss") == 0.0
     assert loss_term_weight(load_config([*head, "train.chain_loss=0"]), "chain_loss") == 0.0
     assert loss_term_weight(load_config(["train.chain_loss=0.3"]), "chain_loss") == 0.3
-    with pytest.raises(ConfigError, match="'train.chain_loss': needs diffusion.variant=bridge and diffusion.sampler=ddim"):
+    with pytest.raises(ConfigError, match="'train.chain_loss': needs diffusion.variant=bridge or hypernet and diffusion.sampler=ddim"):
         load_config([*head, "train.chain_loss=0.1", "diffusion.sampler=ddpm"])
     with pytest.raises(ConfigError, match="'train.chain_loss': applies to single-level training"):
         load_config(["train.chain_loss=0.1", "train.meta=reptile"])

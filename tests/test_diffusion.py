@@ -146,3 +146,27 @@ def test_local_consistency_chain_passes_each_target():
         dev = states[end].double() - targets[i]
         torch.testing.assert_close(dev.mean(0), torch.zeros(4, dtype=torch.float64), atol=0.02, rtol=0)
         torch.testing.assert_close(dev.std(0), var.sqrt().expand(4), atol=0.02, rtol=0.02)
+
+
+def test_hypernet_is_one_call_from_theta0_to_theta_m():
+    from ltdi_ray.config.method import DiffusionConfig
+    from ltdi_ray.diffusion import make_diffusion
+    from ltdi_ray.errors import ConfigError
+
+    process = make_diffusion(DiffusionConfig(variant="hypernet", segments=1))
+    assert process.checkpoint_indices([0, 10, 20, 30]) == [0, 3]
+    theta0, theta_m = torch.randn(6), torch.randn(4, 6)
+    targets = torch.stack([theta0.expand(4, -1), theta_m], dim=1)
+    calls = []
+
+    def oracle(x, t, cond):  # the residual step to the condition, which here is theta_M itself
+        calls.append(t)
+        return cond - x
+
+    assert float(process.training_loss(oracle, targets, theta_m)) == pytest.approx(0.0, abs=1e-12)
+    calls.clear()
+    out, chain = process.sample(oracle, theta_m, 6, theta0, return_chain=True)
+    torch.testing.assert_close(out, theta_m)
+    assert len(calls) == 1 and bool((calls[0] == process.steps).all()) and [s for s, _ in chain] == [process.steps, 0]
+    with pytest.raises(ConfigError, match="diffusion.segments': must be 1 for diffusion.variant=hypernet"):
+        DiffusionConfig(variant="hypernet", segments=3)

@@ -50,6 +50,17 @@ def test_omniglot_split_is_disjoint_and_sized_150_32_60(omniglot_root):
     assert set().union(*sets) == set(range(242))
 
 
+def test_omniglot_split_by_alphabet_holds_out_whole_alphabets(omniglot_root):
+    fam = _omniglot(omniglot_root, "task.split_by=alphabet")
+    alphabets = {k: {fam.keys[i].split("/")[0] for i in v} for k, v in fam.splits.items()}
+    assert not (alphabets["train"] & alphabets["val"] or alphabets["train"] & alphabets["test"]
+                or alphabets["val"] & alphabets["test"])
+    assert sum(len(v) for v in fam.splits.values()) == 242
+    assert {k: len(v) for k, v in fam.splits.items()} == {"train": 153, "val": 50, "test": 39}  # 4 / 2 / 2 alphabets
+    with pytest.raises(ConfigError, match="task.split_by': must be one of character, alphabet"):
+        _omniglot(omniglot_root, "task.split_by=drawer")
+
+
 def test_omniglot_episodes(omniglot_root):
     fam = _omniglot(omniglot_root, "task.shots=5", "task.ways=5")
     ep = fam.sample("train", 11)

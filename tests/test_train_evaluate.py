@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import smoke_config as config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ltdi_ray
-from ltdi_ray.config import load_config
 from ltdi_ray.errors import ConfigError, DataError, LtdiError
 from ltdi_ray.evaluation.background import finish, training_pools
 from ltdi_ray.evaluation.methods import METHODS
@@ -23,19 +23,6 @@ from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks.episodes import support_of
 from ltdi_ray.trajectories.inner import evaluate
 from ltdi_ray.trajectories.theta0 import initial_theta, read_stored
-
-SMOKE = ["experiment=smoke", "collect.num_tasks=32", "collect.batch_size=16", "collect.num_actors=1"]
-
-
-def config(uri, *extra, endpoint=None):
-    return load_config([*SMOKE, f"storage.uri={uri}", *extra] + ([f"storage.endpoint_url={endpoint}"] if endpoint else []))
-
-
-@pytest.fixture(scope="module")
-def trained(ray_session, tmp_path_factory):
-    cfg = config(tmp_path_factory.mktemp("run"))
-    run_collect(cfg)
-    return cfg, run_train(cfg)
 
 
 def test_train_publishes_a_complete_tensor_only_checkpoint(trained):
@@ -195,12 +182,13 @@ def test_evaluate_scores_every_method_on_the_same_tasks_and_saves_results(traine
     cfg, _ = trained
     summary = run_evaluate(cfg)
     methods = summary["methods"]
-    assert list(methods) == [m for m in cfg.evaluate.methods if m != "protonet"]  # protonet: Omniglot heads only
+    # the support-start methods: Omniglot heads only
+    assert list(methods) == [m for m in cfg.evaluate.methods if m not in ("protonet", "protonet_sgd")]
     assert all(np.isfinite(m["mean"]) and m["ci95"] >= 0 and m["ms_per_task"] > 0 for m in methods.values())
     record = json.loads(open(summary["uri"]).read())
     assert record["tasks"] == 16 and record["metric"] == "mse" and set(record["settings"]) >= {"maml", "finetune"}
-    assert record["settings"]["vanilla"]["diffusion"]["segments"] == 1
-    assert record["settings"]["single_level"]["train"]["meta"] == "none"
+    assert record["settings"]["bridge_k1"]["diffusion"]["segments"] == 1
+    assert record["settings"]["bridge_k1"]["diffusion"]["variant"] == "bridge"
     paired = record["ltdi_minus"]  # the same tasks for every method: the difference of means is the mean difference
     assert set(paired) == set(methods) - {"ltdi"}
     for name, d in paired.items():

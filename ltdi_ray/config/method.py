@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from ltdi_ray.config.checks import check
 from ltdi_ray.diffusion import PARAMETERIZATIONS, SAMPLERS, SCHEDULES, SEGMENT_DRAWS, VARIANTS, WEIGHTINGS
@@ -25,8 +25,8 @@ def _one_of(value, names, key: str) -> None:
 class DiffusionConfig:
     """The diffusion process over normalised weights (docs/design.md 2.3)."""
 
-    variant: str = "bridge"  # local_consistency | bridge
-    segments: int = 3  # k; 1 = vanilla diffusion on the final weights
+    variant: str = "bridge"  # local_consistency | bridge | hypernet (the no-diffusion control)
+    segments: int = 3  # k; 1 = vanilla diffusion on the final weights; hypernet: 1
     schedule: str = "linear"
     steps: int = 20  # T
     parameterization: str = "x0"  # local_consistency only: eps | x0 | v
@@ -48,6 +48,8 @@ class DiffusionConfig:
         check(2 <= self.steps <= 1000, "diffusion.steps", f"must be in [2, 1000], got {self.steps}")
         check(1 <= self.segments <= self.steps, "diffusion.segments",
               f"must be in [1, diffusion.steps={self.steps}], got {self.segments}")
+        check(self.variant != "hypernet" or self.segments == 1, "diffusion.segments",
+              f"must be 1 for diffusion.variant=hypernet (one call to theta_M), got {self.segments}")
         _one_of(self.parameterization, PARAMETERIZATIONS, "diffusion.parameterization")
         _one_of(self.weighting, WEIGHTINGS, "diffusion.weighting")
         check(self.clip is None or self.clip > 0, "diffusion.clip", f"must be > 0 or null, got {self.clip}")
@@ -185,16 +187,40 @@ def _all_methods() -> List[str]:
     return list(METHODS)
 
 
+def _default_methods() -> List[str]:
+    from ltdi_ray.evaluation.methods import METHODS
+
+    return [name for name, m in METHODS.items() if m.default]
+
+
+def _all_diagnostics() -> List[str]:
+    from ltdi_ray.evaluation.diagnostics import DIAGNOSTICS
+
+    return list(DIAGNOSTICS)
+
+
 @dataclass
 class EvaluateConfig:
     """The comparison table on unseen tasks (docs/design.md 2.6)."""
 
     num_tasks: int = 600
+    # val: development (every choice, probe and sweep) | test: the final table; the generator's own training
+    # split (collect.split) is refused
     split: str = "test"
-    methods: List[str] = field(default_factory=_all_methods)  # names in ltdi_ray/evaluation/methods.py
+    # base seed of the scored episodes, independent of collect.seed: tasks 0..num_tasks-1 of (split, seed).
+    # Every choice made before 2026-12-02 used test tasks of seed 0, so the untouched test draw is seed 1
+    # (docs/results/protocol.md)
+    seed: int = 1
+    # test-time changes of the generator's task keys that the family allows (its ``eval_keys``; sinusoid:
+    # pool=random puts supports and queries at continuous x): +evaluate.task.pool=random on the command line
+    task: Dict[str, Any] = field(default_factory=dict)
+    # names in ltdi_ray/evaluation/methods.py; default: those that need no extra generator training
+    methods: List[str] = field(default_factory=_default_methods)
+    diagnostics: List[str] = field(default_factory=list)  # names in ltdi_ray/evaluation/diagnostics.py
     adapt_steps: int = 10  # SGD steps on the support for maml / fomaml / reptile / ltdi_finetune
     adapt_lr: float = 0.01  # maml / fomaml / reptile (the step size MAML meta-trains for)
     ltdi_adapt_lr: float = 0.001  # ltdi_finetune: trajectory end points are sharp; 0.01 diverged on some tasks
+    start_adapt_lr: float = 0.1  # protonet_sgd: SGD from the family's support start (benchmarks choose it on val)
     num_samples: int = 1  # generated candidates per task; the lowest support loss is kept
     ways: Optional[int] = None  # classification: N of the test episodes (heads generalise to N other than trained)
     ablation_epochs: Optional[int] = None  # single_level / vanilla runs: train.epochs by default
@@ -202,13 +228,18 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check(self.num_tasks >= 2, "evaluate.num_tasks", f"must be >= 2, got {self.num_tasks}")
-        check(self.split in ("val", "test"), "evaluate.split", f"must be val or test, got {self.split!r}")
+        check(self.split in ("train", "val", "test"), "evaluate.split", f"must be train, val or test, got {self.split!r}")
+        check(self.seed >= 0, "evaluate.seed", f"must be >= 0, got {self.seed}")
         known = _all_methods()
         unknown = sorted(set(self.methods) - set(known))
         check(not unknown and len(self.methods) > 0, "evaluate.methods", f"unknown {unknown}; choose from {known}")
+        known = _all_diagnostics()
+        unknown = sorted(set(self.diagnostics) - set(known))
+        check(not unknown, "evaluate.diagnostics", f"unknown {unknown}; choose from {known}")
         check(self.adapt_steps >= 0, "evaluate.adapt_steps", f"must be >= 0, got {self.adapt_steps}")
         check(self.adapt_lr > 0, "evaluate.adapt_lr", f"must be > 0, got {self.adapt_lr}")
-        check(self.ltdi_adapt_lr > 0, "evaluate.ltdi_adapt_lr", f"must be > 0, got {self.ltdi_adapt_lr}")
+        for key in ("ltdi_adapt_lr", "start_adapt_lr"):
+            check(getattr(self, key) > 0, f"evaluate.{key}", f"must be > 0, got {getattr(self, key)}")
         check(self.num_samples >= 1, "evaluate.num_samples", f"must be >= 1, got {self.num_samples}")
         check(self.ways is None or self.ways >= 2, "evaluate.ways", f"must be >= 2 or null, got {self.ways}")
         check(self.ablation_epochs is None or self.ablation_epochs >= 1, "evaluate.ablation_epochs",

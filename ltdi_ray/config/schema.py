@@ -18,6 +18,7 @@ from omegaconf import MISSING, OmegaConf
 from ltdi_ray.config.checks import absolute, check
 from ltdi_ray.config.method import DiffusionConfig, EvaluateConfig, MetaInitConfig, ModelConfig, PlotConfig, TrainConfig
 from ltdi_ray.config.sweep import SweepConfig
+from ltdi_ray.diffusion import FROM_THETA0
 from ltdi_ray.tasks import family_class
 from ltdi_ray.trajectories.theta0 import MODES as THETA0_MODES
 
@@ -161,10 +162,11 @@ class Config:
                 setattr(getattr(self, section), name, measured.get(key, fallback))
         family.check(self)
         d = self.diffusion
-        check(not self.train.function_loss or d.variant == "bridge", "train.function_loss",
-              f"needs diffusion.variant=bridge (its loss predicts segment ends), got {d.variant}")
-        check(not self.train.chain_loss or (d.variant == "bridge" and d.sampler == "ddim"), "train.chain_loss",
-              "needs diffusion.variant=bridge and diffusion.sampler=ddim (it trains the deterministic chain the "
+        starts = " or ".join(FROM_THETA0)
+        check(not self.train.function_loss or d.variant in FROM_THETA0, "train.function_loss",
+              f"needs diffusion.variant={starts} (its loss predicts end points), got {d.variant}")
+        check(not self.train.chain_loss or (d.variant in FROM_THETA0 and d.sampler == "ddim"), "train.chain_loss",
+              f"needs diffusion.variant={starts} and diffusion.sampler=ddim (it trains the deterministic chain the "
               f"generator samples with), got {d.variant} and {d.sampler}")
         check(not self.model.encoder_ridge or self.model.encoder_fourier > 0, "model.encoder_ridge",
               "needs model.encoder_fourier > 0 (the ridge fit is over the Fourier features)")
@@ -179,5 +181,5 @@ def loss_term_weight(cfg: Config, term: str) -> float:
     if value is not None:
         return value
     d = cfg.diffusion
-    usable = d.variant == "bridge" and cfg.train.meta == "none" and (term != "chain_loss" or d.sampler == "ddim")
+    usable = d.variant in FROM_THETA0 and cfg.train.meta == "none" and (term != "chain_loss" or d.sampler == "ddim")
     return family_class(cfg.task.family).defaults(cfg).get(f"train.{term}", 0.0) if usable else 0.0

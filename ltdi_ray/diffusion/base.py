@@ -3,7 +3,7 @@ of a trajectory end, on the diffusion's step axis and on the saved checkpoints."
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 
@@ -22,3 +22,24 @@ def target_indices(checkpoint_steps: Sequence[int], segments: int) -> List[int]:
     steps = torch.as_tensor(checkpoint_steps, dtype=torch.float64)
     total = float(steps[-1])
     return [int(torch.argmin((steps - i * total / segments).abs())) for i in range(1, segments + 1)]
+
+
+class FromTheta0:
+    """What processes whose chains start at theta_0 share (the bridge, the hypernet control): T from their
+    ``schedule``, and the part of a loss's draw that belongs to a data-parallel worker's tasks."""
+
+    @property
+    def steps(self) -> int:
+        return self.schedule.steps
+
+    @property
+    def starts_from_theta0(self) -> bool:
+        return True
+
+    def subset(self, draw: Dict[str, torch.Tensor], rows: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The part of ``draw`` that belongs to target rows ``rows`` (sorted), renumbered 0..len-1,
+        so a data-parallel worker reuses the global batch's randomness for its own tasks."""
+        keep = torch.isin(draw["task"], rows)
+        out = {key: value[keep] for key, value in draw.items()}
+        out["task"] = torch.searchsorted(rows, out["task"])
+        return out

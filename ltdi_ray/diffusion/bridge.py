@@ -25,14 +25,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ltdi_ray.diffusion.base import SAMPLERS, Denoiser, segment_ends, target_indices
+from ltdi_ray.diffusion.base import SAMPLERS, Denoiser, FromTheta0, segment_ends, target_indices
 from ltdi_ray.diffusion.schedules import SCHEDULES, Schedule
 
 SEGMENT_DRAWS = ("all", "one")  # every segment of every task per loss | one random segment per task
 
 
 @dataclass(frozen=True)
-class BridgeDiffusion:
+class BridgeDiffusion(FromTheta0):
     """Training loss and samplers for k bridge segments from theta_0 to theta_M."""
 
     schedule: Schedule
@@ -50,14 +50,6 @@ class BridgeDiffusion:
             raise ValueError(f"bridge noises must be >= 0, got {self.noise} and {self.start_noise}")
         if self.segment_draw not in SEGMENT_DRAWS:
             raise ValueError(f"segment_draw must be all or one, got {self.segment_draw!r}")
-
-    @property
-    def steps(self) -> int:
-        return self.schedule.steps
-
-    @property
-    def starts_from_theta0(self) -> bool:
-        return True
 
     def checkpoint_indices(self, checkpoint_steps: Sequence[int]) -> List[int]:
         """Checkpoints used as targets: theta_0 then the k segment ends (k + 1 indices)."""
@@ -102,14 +94,6 @@ class BridgeDiffusion:
         noise = torch.randn(2, len(seg), dim, generator=generator, device=device, dtype=dtype)
         return {"task": task, "seg": seg, "t": t, "lam": self.position(t).float(), "noise": noise[0],
                 "start_noise": noise[1]}
-
-    def subset(self, draw: Dict[str, torch.Tensor], rows: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The part of ``draw`` that belongs to target rows ``rows`` (sorted), renumbered 0..len-1,
-        so a data-parallel worker reuses the global batch's randomness for its own tasks."""
-        keep = torch.isin(draw["task"], rows)
-        out = {key: value[keep] for key, value in draw.items()}
-        out["task"] = torch.searchsorted(rows, out["task"])
-        return out
 
     def training_loss(self, model: Denoiser, targets: torch.Tensor, cond: torch.Tensor,
                       generator: Optional[torch.Generator] = None,

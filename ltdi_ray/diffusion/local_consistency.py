@@ -135,7 +135,7 @@ class LocalConsistencyDiffusion:
         return {"t": t, "ends": ends, "noise": noise}
 
     def subset(self, draw: Dict[str, torch.Tensor], rows: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The part of ``draw`` that belongs to target rows ``rows`` (sorted; see BridgeDiffusion.subset)."""
+        """The part of ``draw`` that belongs to target rows ``rows`` (sorted; see FromTheta0.subset)."""
         index = (rows.unsqueeze(1) * self.segments + torch.arange(self.segments, device=rows.device)).flatten()
         return {key: value[index] for key, value in draw.items()}
 

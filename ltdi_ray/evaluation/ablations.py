@@ -37,3 +37,9 @@ def ablation_generator(cfg, gen, name: str, changes: dict):
         log.info("evaluate: training the %s ablation", name)
         run_train(abl, name=f"ablations/{name}")
     return load_generator(str(where), cfg.storage.endpoint_url)
+
+
+def tasks_per_s(gen) -> float:
+    """The mean training throughput over a generator's epochs (its checkpoint's history)."""
+    history = gen.meta.get("history") or [gen.meta["metrics"]]
+    return sum(h["tasks_per_s"] for h in history) / len(history)

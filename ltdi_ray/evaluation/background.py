@@ -38,21 +38,23 @@ def training_pools(cfg, gen) -> Tuple[torch.Tensor, torch.Tensor]:
     return _POOLS[key]
 
 
-def _meta_init_task(threads: int, show: bool, method: str, loss, theta0, pools, classes: int, shots: int,
-                    settings) -> Tuple[torch.Tensor, dict]:
+def _meta_init_task(threads: int, show: bool, name: str, rule: str, pool_query: bool, loss, theta0, pools,
+                    classes: int, shots: int, settings) -> Tuple[torch.Tensor, dict]:
     """:func:`meta_train_on_pools` as a Ray task, torch's intra-op threads capped at the task's CPUs, its
     progress drawn on the driver (``show``)."""
     from ltdi_ray.progress import RemoteBar
 
     torch.set_num_threads(threads)
-    bar = RemoteBar(show, settings.meta_steps, method)
-    theta, record = meta_train_on_pools(loss, theta0, pools, classes, shots, method, settings, on_step=bar.update)
+    bar = RemoteBar(show, settings.meta_steps, name)
+    theta, record = meta_train_on_pools(loss, theta0, pools, classes, shots, rule, settings, on_step=bar.update,
+                                        pool_query=pool_query)
     bar.close()
     return theta, {**record, "threads": threads}
 
 
-def launch_meta_init(ev, name: str):
-    """Start meta-training baseline ``name`` on the dataset's training pools as a Ray task of
+def launch_meta_init(ev, name: str, rule: str, pool_query: bool):
+    """Start meta-training baseline ``name`` (meta-learning ``rule``; ``pool_query``: its outer loss on the
+    whole pool minus the support) on the dataset's training pools as a Ray task of
     ``evaluate.baseline.cpus`` CPUs; returns its ref of ``(theta (D,), settings)``."""
     import ray
 
@@ -64,8 +66,8 @@ def launch_meta_init(ev, name: str):
         ev.shared["pools"] = ray.put(training_pools(ev.cfg, ev.gen))
     family = ev.gen.family
     task = ray.remote(num_cpus=b.cpus)(_meta_init_task).options(name="ltdi_ray.meta_init")
-    return task.remote(max(1, int(b.cpus)), watched(), name, ev.gen.view().loss, ev.base, ev.shared["pools"],
-                       family.pool_classes, family.shots, b)
+    return task.remote(max(1, int(b.cpus)), watched(), name, rule, pool_query, ev.gen.view().loss, ev.base,
+                       ev.shared["pools"], family.pool_classes, family.shots, b)
 
 
 def finish(ref) -> Tuple[torch.Tensor, dict]:

@@ -27,13 +27,16 @@ def make_record(header: dict, per_task: Dict[str, torch.Tensor], seconds: Dict[s
 def format_table(record: dict) -> str:
     """The results as a fixed-width text table."""
     ways = f"{record['ways']}-way " if record.get("ways") else ""
-    head = f"{record['task']} {ways}{record['shots']}-shot, {record['tasks']} {record['split']} tasks, query {record['metric']}"
+    seed = f" (seed {record['seed']})" if "seed" in record else ""
+    changes = "".join(f", {k}={v}" for k, v in record.get("task_changes", {}).items())
+    head = (f"{record['task']} {ways}{record['shots']}-shot, {record['tasks']} {record['split']} tasks{seed}{changes}, "
+            f"query {record['metric']}")
     lines = [head, f"{'method':<15}{'mean':>10}{'ci95':>10}{'ms/task':>10}"]
     for name, r in record["methods"].items():
         lines.append(f"{name:<15}{r['mean']:>10.4f}{r['ci95']:>10.4f}{r['ms_per_task']:>10.3f}")
     if record.get("ltdi_minus"):
         pairs = ", ".join(f"{name} {d['mean']:+.4f} +- {d['ci95']:.4f}" for name, d in record["ltdi_minus"].items())
         lines.append(f"ltdi minus, per task: {pairs}")
-    for name, s in record["settings"].items():
+    for name, s in {**record["settings"], **record.get("diagnostics", {})}.items():
         lines.append(f"  {name}: {json.dumps(s, sort_keys=True)}")
     return "\n".join(lines)

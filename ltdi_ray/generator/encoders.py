@@ -62,6 +62,17 @@ class SetEncoder(nn.Module):
         gram = wave @ wave.transpose(1, 2) + self.ridge * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         return (wave.transpose(1, 2) @ torch.linalg.solve(gram, y)).flatten(1)
 
+    @property
+    def has_fit(self) -> bool:
+        """Whether :meth:`fit_predict` applies (a ridge fit is part of the condition)."""
+        return self.fit is not None
+
+    def fit_predict(self, x: torch.Tensor, y: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+        """The ridge fit of the support ``(x, y)`` as a predictor at ``qx (B, Q, in_dim)`` -> ``(B, Q, out_dim)``:
+        what the condition holds before any generator network sees it."""
+        w = self.ridge_fit(x, y).view(x.shape[0], -1, y.shape[-1])  # (B, 2F, out_dim)
+        return self.waves(qx) / self.freqs.shape[1] ** 0.5 @ w
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         wave = self.waves(x)  # once for both the pooled features and the fit
         pooled = self.point(self.features(x, y, wave)).mean(dim=1)

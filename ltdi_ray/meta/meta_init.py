@@ -121,14 +121,16 @@ def train_meta_init(loss: LossFn, theta0: torch.Tensor, sample_batch: Callable[[
 
 
 def meta_train_on_pools(loss: LossFn, theta0: torch.Tensor, pools: Tuple[torch.Tensor, torch.Tensor], classes: int,
-                        shots: int, method: str, settings, on_step: Callable[[], None] = lambda: None
-                        ) -> Tuple[torch.Tensor, dict]:
+                        shots: int, method: str, settings, on_step: Callable[[], None] = lambda: None,
+                        pool_query: bool = False) -> Tuple[torch.Tensor, dict]:
     """:func:`train_meta_init` on training pools ``(N, P, ...)``: each outer step draws ``settings.meta_batch``
-    tasks, ``shots`` support and some query points per class (``classes`` per pool; Reptile's inner loop
-    runs ``settings.reptile_inner_steps`` where the settings have them). Returns (theta ``(D,)``, its
-    settings with the first / last outer loss)."""
+    tasks, ``shots`` support and some query points per class (``classes`` per pool; ``pool_query``: every
+    other pool point; Reptile's inner loop runs ``settings.reptile_inner_steps`` where the settings have
+    them). Returns (theta ``(D,)``, its settings with the first / last outer loss)."""
     px, py = pools
     queries = 10 if classes == 1 else min(5, px.shape[1] // classes - shots)  # per class
+    if pool_query:
+        queries = px.shape[1] // classes - shots
     if method == "reptile" and hasattr(settings, "reptile_inner_steps"):
         settings = replace(settings, inner_steps=settings.reptile_inner_steps)
 

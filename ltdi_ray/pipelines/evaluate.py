@@ -1,5 +1,9 @@
 """The evaluate stage: the requested methods of ``ltdi_ray/evaluation/methods.py`` on the same unseen
 tasks, then the report (``evaluation/report.py``): ``results.json`` beside the generator and the table.
+
+The scored tasks are ids ``0..evaluate.num_tasks-1`` of ``(evaluate.split, evaluate.seed)``, drawn
+independently of the training tasks (``collect.seed``); the generator's own training split is refused
+(docs/results/protocol.md).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from typing import Dict
 import torch
 
 from ltdi_ray.config.schema import Config
+from ltdi_ray.errors import ConfigError
 from ltdi_ray.evaluation.background import finish
-from ltdi_ray.evaluation.methods import METHODS, Evaluation
+from ltdi_ray.evaluation.diagnostics import DIAGNOSTICS
+from ltdi_ray.evaluation.methods import METHODS, Evaluation, Predictions
 from ltdi_ray.evaluation.report import format_table, make_record
 from ltdi_ray.generator.api import load_generator
 from ltdi_ray.pipelines.prepare import prepare
@@ -25,15 +31,28 @@ log = logging.getLogger("ltdi_ray")
 
 
 def evaluation_of(cfg: Config) -> Evaluation:
-    """The run's published generator and its ``evaluate.num_tasks`` test episodes (``cfg`` prepared)."""
-    gen = load_generator(str(Location.parse(cfg.storage.uri, cfg.storage.endpoint_url).child("generator")),
-                         cfg.storage.endpoint_url)
-    e = cfg.evaluate
+    """The run's published generator and its ``evaluate.num_tasks`` test episodes (``cfg`` prepared); refuses
+    the split the generator was trained on."""
+    where = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url).child("generator")
+    gen = load_generator(str(where), cfg.storage.endpoint_url)
+    e, trained = cfg.evaluate, gen.cfg.collect
+    if e.split == trained.split:
+        raise ConfigError(f"evaluate.split={e.split}: the generator at {where} was trained on {trained.split} tasks "
+                          f"(collect.seed={trained.seed}); score tasks it never saw (evaluate.split=val or test)")
     view = gen.view(e.ways)
-    episodes = view.family.sample_many(e.split, range(e.num_tasks), cfg.collect.seed)
+    tasks = view.family.for_evaluation(dict(e.task))
+    episodes = tasks.sample_many(e.split, range(e.num_tasks), e.seed)
     raw_sx, sy = support_of(episodes, view.family, raw=True)  # what generate_batch takes
     sx = view.family.net_input(raw_sx)  # what the nets take (Omniglot heads: features, computed once)
-    return Evaluation(cfg, gen, view, episodes, raw_sx, sx, sy)
+    return Evaluation(cfg, gen, view, episodes, raw_sx, sx, sy, tasks=tasks)
+
+
+def score(ev: Evaluation, out) -> torch.Tensor:
+    """Per-task metric ``(n,)`` of a method's weights ``(n, D)`` or :class:`Predictions` on the query sets."""
+    if isinstance(out, Predictions):
+        qy = ev.view.family.targets_to_torch(ev.episodes["query_y"])
+        return torch.vmap(ev.view.family.metric)(out.values, qy)
+    return ev.gen.query_metric(out, ev.episodes)
 
 
 def run_evaluate(cfg: Config) -> dict:
@@ -58,6 +77,7 @@ def run_evaluate(cfg: Config) -> dict:
     pending = {name: METHODS[name].launch(ev)
                for name in sorted((m for m in chosen if METHODS[m].launch), key=lambda m: -METHODS[m].cost(ev))}
     per_task: Dict[str, torch.Tensor] = {}
+    weights: Dict[str, torch.Tensor] = {}
     seconds: Dict[str, float] = {}
     with progress(total=len(chosen), desc="evaluate", unit="method") as bar:
         for name in chosen:
@@ -66,16 +86,23 @@ def run_evaluate(cfg: Config) -> dict:
             elif METHODS[name].prepare:
                 ev.ready[name] = METHODS[name].prepare(ev)
             tic = time.perf_counter()
-            thetas = METHODS[name].run(ev)
+            out = METHODS[name].run(ev)
             seconds[name] = time.perf_counter() - tic
-            per_task[name] = gen.query_metric(thetas, ev.episodes).double()
+            per_task[name] = score(ev, out).double()
+            if not isinstance(out, Predictions):
+                weights[name] = out
             log.info("evaluate: %-14s %.4f (%.2f ms/task)", name, float(per_task[name].mean()),
                      1000.0 * seconds[name] / e.num_tasks)
             bar.update(1)
-    header = {"task": family.name, "split": e.split, "tasks": e.num_tasks, "metric": family.metric_name,
+    trained = gen.cfg.collect
+    header = {"task": family.name, "split": e.split, "seed": e.seed, "task_ids": [0, e.num_tasks],
+              "tasks": e.num_tasks, "task_changes": dict(e.task), "metric": family.metric_name,
               "shots": family.shots, "ways": getattr(family.cfg, "ways", None), "generator_uri": str(gen_loc),
+              "trained_on": {"split": trained.split, "seed": trained.seed, "tasks": trained.num_tasks},
+              "seeds": {"train": gen.cfg.train.seed, "baseline": e.baseline.seed},
               "generator": {k: gen.meta["config"][k] for k in ("diffusion", "train")}}
     record = make_record(header, per_task, seconds, ev.settings)
+    record["diagnostics"] = {name: DIAGNOSTICS[name](ev, weights) for name in e.diagnostics}
     root.write_atomic("results.json", json.dumps(record, indent=1).encode())
     print(format_table(record), flush=True)
     return {"stage": "evaluate", "uri": str(root.child("results.json")), "generator_uri": str(gen_loc),

@@ -61,6 +61,7 @@ class TaskFamily(ABC):
     Config: ClassVar[type]  # dataclass of the ``task`` node; it has ``family: str`` and ``shots: int``
     metric_name: ClassVar[str]  # what :meth:`metric` measures, as tables name it
     higher_is_better: ClassVar[bool]
+    eval_keys: ClassVar[Tuple[str, ...]] = ()  # task keys test episodes may change (``evaluate.task``)
 
     def __init__(self, cfg, endpoint_url: Optional[str] = None):
         self.cfg, self.endpoint_url = cfg, endpoint_url
@@ -164,6 +165,19 @@ class TaskFamily(ABC):
         if ways is not None and ways != getattr(self.cfg, "ways", None):
             raise DataError(f"the {self.name} family makes networks of one output size; got {ways}-way supports")
         return self
+
+    def for_evaluation(self, changes: Dict[str, Any]) -> "TaskFamily":
+        """This family with the test-time changes ``evaluate.task`` asks for (only :attr:`eval_keys`: keys that
+        change where episodes lie, never what the generator was built for)."""
+        if not changes:
+            return self
+        bad = sorted(set(changes) - set(self.eval_keys))
+        if bad:
+            allowed = ", ".join(self.eval_keys) or "none"
+            raise ConfigError(f"evaluate.task.{bad[0]}: test episodes of the {self.name} family may change only "
+                              f"{allowed}; the generator was trained for the rest")
+        values = {k: getattr(self.cfg, k) for k in self.cfg.__dataclass_fields__}
+        return type(self)(type(self.cfg)(**{**values, **changes}), self.endpoint_url)
 
     def weights_for_ways(self, mean: torch.Tensor, std: torch.Tensor, theta0: torch.Tensor,
                          ways: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks.base import ClassificationFamily, FieldSpec, task_seed
 from ltdi_ray.tasks.omniglot_backbone import PretrainConfig
-from ltdi_ray.tasks.omniglot_io import DRAWINGS_PER_CHARACTER, load_characters, split_characters
+from ltdi_ray.tasks.omniglot_io import DRAWINGS_PER_CHARACTER, SPLIT_BY, load_characters, split_characters
 
 
 @dataclass
@@ -33,6 +33,7 @@ class OmniglotConfig:
     query_per_class: int = 5  # drawings per class held out for scoring; the rest form the pool
     image_size: int = 28
     split_seed: int = 0
+    split_by: str = "character"  # character: test characters unseen | alphabet: test alphabets unseen (harder)
     split_fractions: List[float] = field(default_factory=lambda: [0.62, 0.132, 0.248])  # 242 chars -> 150/32/60
     rotate_train: bool = True  # rotations by k*90 degrees as new classes, training split only
     channels: int = 32  # conv net width
@@ -53,6 +54,7 @@ class OmniglotConfig:
               f"Omniglot has {DRAWINGS_PER_CHARACTER} drawings per character: shots ({self.shots}) + "
               f"query_per_class ({self.query_per_class}) must be <= {DRAWINGS_PER_CHARACTER}")
         check(8 <= self.image_size <= 105, "task.image_size", f"must be in [8, 105], got {self.image_size}")
+        check(self.split_by in SPLIT_BY, "task.split_by", f"must be one of {', '.join(SPLIT_BY)}, got {self.split_by!r}")
         fr = list(self.split_fractions)
         check(len(fr) == 3 and min(fr) > 0 and abs(sum(fr) - 1) < 1e-6, "task.split_fractions",
               f"must be three positive fractions summing to 1, got {fr}")
@@ -77,7 +79,7 @@ class OmniglotFamily(ClassificationFamily):
         super().__init__(cfg, endpoint_url)
         self._backbone: Optional[ConvNet] = None
         self.keys, self.images = load_characters(cfg.root, cfg.image_size, endpoint_url)
-        self.splits = split_characters(len(self.keys), list(cfg.split_fractions), cfg.split_seed)
+        self.splits = split_characters(self.keys, list(cfg.split_fractions), cfg.split_seed, cfg.split_by)
         if len(self.splits["test"]) < cfg.ways or len(self.splits["val"]) < cfg.ways:
             raise DataError(f"Omniglot root {cfg.root} has too few characters for {cfg.ways}-way val/test episodes")
 
@@ -291,6 +293,6 @@ class OmniglotFamily(ClassificationFamily):
         return {
             **super().describe(), "root": c.root, "ways": c.ways, "shots": c.shots, "image_size": c.image_size,
             "generate": c.generate, "backbone": c.backbone,
-            "split_seed": c.split_seed, "characters": len(self.keys),
+            "split_seed": c.split_seed, "split_by": c.split_by, "characters": len(self.keys),
             "split": {name: [self.keys[i] for i in idx] for name, idx in self.splits.items()},
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import zipfile
 from functools import lru_cache
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -89,11 +89,30 @@ def load_characters(root: str, image_size: int, endpoint_url: Optional[str] = No
     return keys, images
 
 
-def split_characters(n: int, fractions: List[float], seed: int) -> Dict[str, np.ndarray]:
-    """Disjoint character-index sets for train/val/test: a seeded shuffle cut by ``fractions``."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
-    if min(n_train, n_val, n - n_train - n_val) < 1:
-        raise DataError(f"{n} Omniglot characters are too few for split fractions {list(fractions)}")
-    return {"train": np.sort(order[:n_train]), "val": np.sort(order[n_train:n_train + n_val]),
-            "test": np.sort(order[n_train + n_val:])}
+SPLIT_BY = ("character", "alphabet")
+
+
+def split_characters(keys: Sequence[str], fractions: List[float], seed: int, by: str = "character"
+                     ) -> Dict[str, np.ndarray]:
+    """Disjoint character-index sets for train/val/test of characters ``keys`` (``Alphabet/character``).
+
+    ``by="character"``: a seeded shuffle of the characters cut by ``fractions``. ``by="alphabet"``: a
+    seeded shuffle of the alphabets, each whole alphabet going to the first split whose share of the
+    characters ``fractions`` has not yet filled, so that no test alphabet is seen in training.
+    """
+    n = len(keys)
+    if by == "character":
+        order = np.random.default_rng(seed).permutation(n)
+        n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+        parts = [order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]]
+    else:
+        alphabets = sorted({k.split("/")[0] for k in keys})
+        members = {a: [i for i, k in enumerate(keys) if k.split("/")[0] == a] for a in alphabets}
+        parts, bounds, filled = [[], [], []], np.cumsum(fractions) * n, 0
+        for a in np.random.default_rng(seed).permutation(alphabets):
+            which = min(int(np.searchsorted(bounds, filled, side="right")), 2)
+            parts[which] += members[a]
+            filled += len(members[a])
+    if min(len(p) for p in parts) < 1:
+        raise DataError(f"{n} Omniglot characters are too few for a split by {by} with fractions {list(fractions)}")
+    return {name: np.sort(np.asarray(p, dtype=np.int64)) for name, p in zip(("train", "val", "test"), parts)}

@@ -43,6 +43,7 @@ class SinusoidFamily(RegressionFamily):
 
     name = "sinusoid"
     Config = SinusoidConfig
+    eval_keys = ("pool", "query_size")  # pool=random: supports at continuous x, off the training grid
 
     def fields(self) -> FieldSpec:
         c = self.cfg

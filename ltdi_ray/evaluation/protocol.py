@@ -1,0 +1,86 @@
+"""The evaluation protocol of the quality benchmarks (docs/results/protocol.md), as functions they share.
+
+Development and final tasks are disjoint: every step size is chosen on validation episodes
+(:func:`choose_step_sizes`), and the final table scores the test episodes of ``evaluate.seed`` once
+(:func:`score`); learned methods are trained under several seeds, each in its own run directory that
+shares one collected dataset (:func:`seed_run`), and compared with ``evaluation.stats.over_seeds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+from typing import Dict, List
+
+import ltdi_ray
+from ltdi_ray.evaluation.methods import METHODS
+from ltdi_ray.tasks import family_class
+
+
+def higher_is_better(base: List[str]) -> bool:
+    """Whether the metric of the family ``base`` composes to is better when higher."""
+    return family_class(ltdi_ray.compose(*base).task.family).higher_is_better
+
+
+def seed_run(data_uri: str, run_uri: str) -> str:
+    """A run directory for one seed holding the dataset collected under ``data_uri`` (hard links: no copy,
+    and the training tasks are the same for every seed). Local paths only."""
+    target = os.path.join(run_uri, "trajectories")
+    if not os.path.exists(target):
+        os.makedirs(run_uri, exist_ok=True)
+        shutil.copytree(os.path.join(data_uri, "trajectories"), target, copy_function=os.link)
+    return run_uri
+
+
+def _run(base: List[str], methods: List[str], values: Dict[str, float], extra: List[str]) -> dict:
+    overrides = [*base, *extra, f"evaluate.methods=[{','.join(methods)}]", *(f"{k}={v}" for k, v in values.items())]
+    with contextlib.redirect_stdout(sys.stderr):  # the stage's table: the benchmarks' stdout is JSON lines
+        summary = ltdi_ray.run("evaluate", ltdi_ray.compose(*overrides))
+    with open(summary["uri"]) as fh:
+        return json.load(fh)
+
+
+def choose_step_sizes(base: List[str], methods: List[str], grid: List[float], tasks: int) -> Dict[str, dict]:
+    """The SGD step size of every method in ``methods`` that has one (``Method.step_keys``), chosen on ``tasks``
+    validation episodes from ``grid``: ``{method: {"lr": best, "val": {lr: mean}}}``."""
+    stepped = [m for m in methods if METHODS[m].step_keys]
+    scores: Dict[str, Dict[float, float]] = {m: {} for m in stepped}
+    keys = sorted({k for m in stepped for k in METHODS[m].step_keys})
+    for lr in grid:
+        record = _run(base, stepped, {k: lr for k in keys}, ["evaluate.split=val", f"evaluate.num_tasks={tasks}"])
+        for m in stepped:
+            if m in record["methods"]:  # not skipped
+                scores[m][lr] = record["methods"][m]["mean"]
+    scores = {m: s for m, s in scores.items() if s}
+    pick = max if higher_is_better(base) else min
+    return {m: {"lr": pick(s, key=s.get), "val": s} for m, s in scores.items()}
+
+
+def score(base: List[str], methods: List[str], chosen: Dict[str, dict], extra: List[str] = (),
+          diagnostics: List[str] = ()) -> dict:
+    """Every method on the final tasks, each stepped one at its chosen step size; methods whose step-size keys
+    agree run in one evaluate call, and ``diagnostics`` run in the call that scores ``ltdi``. Returns the merged
+    results record (methods in ``methods``' order)."""
+    groups: List[tuple] = []  # (key values, methods)
+    for m in methods:
+        values = {k: chosen[m]["lr"] for k in METHODS[m].step_keys} if m in chosen else {}
+        for group_values, members in groups:
+            if all(group_values.get(k, v) == v for k, v in values.items()):
+                group_values.update(values)
+                members.append(m)
+                break
+        else:
+            groups.append((values, [m]))
+    record: dict = {}
+    for values, members in groups:
+        asked = [f"evaluate.diagnostics=[{','.join(diagnostics)}]"] if "ltdi" in members and diagnostics else []
+        part = _run(base, members, values, [*extra, *asked])
+        merged = {k: {**record.get(k, {}), **part[k]} for k in ("methods", "settings", "per_task", "diagnostics")}
+        record = {**part, **merged}
+    order = [m for m in methods if m in record["methods"]]
+    for key in ("methods", "per_task"):
+        record[key] = {m: record[key][m] for m in order}
+    return record
