@@ -29,7 +29,7 @@ import time
 import torch
 
 import ltdi_ray
-from ltdi_ray.evaluation.protocol import choose_step_sizes, score, seed_run
+from ltdi_ray.evaluation.protocol import choose_step_sizes, generator_validation, score, seed_run
 from ltdi_ray.evaluation.report import format_table
 from ltdi_ray.evaluation.stats import over_seeds
 from ltdi_ray.pipelines.prepare import prepare
@@ -65,7 +65,7 @@ def main() -> None:
         backbone = cfg.task.backbone
         common.append(f"task.backbone={backbone}")
         ltdi_ray.run("collect", ltdi_ray.compose(*common, f"storage.uri={top}/data"))
-        chosen, per_seed = {}, []
+        chosen, per_seed, validation = {}, [], []
         for seed in args.seeds:
             tic = time.time()
             run = seed_run(f"{top}/data", f"{top}/seed{seed}")
@@ -77,11 +77,12 @@ def main() -> None:
             with open(os.path.join(run, "results_test.json"), "w") as fh:
                 json.dump(record, fh, indent=1)
             per_seed.append({m: torch.tensor(v) for m, v in record["per_task"].items()})
+            validation.append(generator_validation(base, args.methods))  # what a default is chosen by
             print(format_table(record), file=sys.stderr, flush=True)
             print(json.dumps({"task": "omniglot", "ways": record["ways"], "shots": shots, "seed": seed,
                               "split": record["split"], "eval_seed": record["seed"], "tasks": record["tasks"],
                               "metric": record["metric"], "methods": record["methods"], "settings": record["settings"],
-                              "diagnostics": record["diagnostics"],
+                              "diagnostics": record["diagnostics"], "validation": validation[-1],
                               "backbone": backbone, "overrides": args.overrides,
                               "seconds": round(time.time() - tic, 1)}), flush=True)
             for ways in args.other_ways:
@@ -90,10 +91,12 @@ def main() -> None:
                                   "trained_ways": record["ways"], "tasks": other["tasks"], "metric": other["metric"],
                                   "methods": other["methods"]}), flush=True)
         summary = over_seeds(per_seed, higher_is_better=True)
+        val = {m: sum(v[m] for v in validation) / len(validation) for m in validation[0]}
         with open(f"{top}/summary.json", "w") as fh:
-            json.dump({"step_sizes": chosen, **summary}, fh, indent=1)
+            json.dump({"step_sizes": chosen, "validation": val, **summary}, fh, indent=1)
         print(json.dumps({"task": "omniglot", "shots": shots, "train_seeds": args.seeds, "overrides": args.overrides,
-                          "step_sizes": {m: c["lr"] for m, c in chosen.items()}, **summary}), flush=True)
+                          "step_sizes": {m: c["lr"] for m, c in chosen.items()}, "validation": val, **summary}),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ For each shot count: collect the training tasks once; choose every SGD step size
 ``evaluate.baseline.seed=s``, ablations trained under ``train.seed=s``) on the ``evaluate.num_tasks``
 test tasks of ``evaluate.seed``, which no choice of this project has seen: once with supports and
 queries as in training (``grid``) and once at continuous x (``off_grid``: ``+evaluate.task.pool=random``).
+``validation``: every generator's last-epoch score on the training run's validation tasks, mean over
+seeds, which is what a default among them is chosen by.
 
 Prints one JSON line per (shots, seed, table) and then one per (shots, table) with the comparison over
 seeds (``ltdi_ray.evaluation.stats.over_seeds``: mean and spread over seeds, ``ltdi`` minus every
@@ -26,7 +28,7 @@ import time
 import torch
 
 import ltdi_ray
-from ltdi_ray.evaluation.protocol import choose_step_sizes, score, seed_run
+from ltdi_ray.evaluation.protocol import choose_step_sizes, generator_validation, score, seed_run
 from ltdi_ray.evaluation.stats import over_seeds
 
 METHODS = ["init", "finetune", "maml", "fomaml", "reptile", "maml_pool", "encoder_fit", "vanilla", "bridge_k1",
@@ -50,7 +52,7 @@ def main() -> None:
         top = f"{args.root}/shots{shots}"
         common = [f"task.shots={shots}", *args.overrides]
         ltdi_ray.run("collect", ltdi_ray.compose(*common, f"storage.uri={top}/data"))
-        chosen, per_seed = {}, {table: [] for table in TABLES}
+        chosen, per_seed, validation = {}, {table: [] for table in TABLES}, []
         for seed in args.seeds:
             tic = time.time()
             run = seed_run(f"{top}/data", f"{top}/seed{seed}")
@@ -64,17 +66,22 @@ def main() -> None:
                 with open(os.path.join(run, f"results_{table}.json"), "w") as fh:
                     json.dump(record, fh, indent=1)
                 per_seed[table].append({m: torch.tensor(v) for m, v in record["per_task"].items()})
+                if table == "grid":  # the generators' own validation scores: what a default is chosen by
+                    validation.append(generator_validation(base, methods))
                 print(json.dumps({"task": "sinusoid", "shots": shots, "seed": seed, "table": table,
                                   "split": record["split"], "eval_seed": record["seed"], "tasks": record["tasks"],
                                   "metric": record["metric"], "methods": record["methods"],
                                   "diagnostics": record["diagnostics"], "settings": record["settings"],
+                                  "validation": validation[-1] if table == "grid" else None,
                                   "seconds": round(time.time() - tic, 1)}), flush=True)
         summary = {table: over_seeds(rows) for table, rows in per_seed.items()}
+        val = {m: sum(v[m] for v in validation) / len(validation) for m in validation[0]}
         with open(f"{top}/summary.json", "w") as fh:
-            json.dump({"step_sizes": chosen, **summary}, fh, indent=1)
+            json.dump({"step_sizes": chosen, "validation": val, **summary}, fh, indent=1)
         for table, s in summary.items():
             print(json.dumps({"task": "sinusoid", "shots": shots, "table": table, "train_seeds": args.seeds,
-                              "step_sizes": {m: c["lr"] for m, c in chosen.items()}, **s}), flush=True)
+                              "step_sizes": {m: c["lr"] for m, c in chosen.items()}, "validation": val, **s}),
+                  flush=True)
 
 
 if __name__ == "__main__":

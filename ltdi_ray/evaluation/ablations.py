@@ -22,6 +22,11 @@ def ablation_config(gen_cfg, changes: dict, epochs=None):
     return config_from_plain(plain)
 
 
+def ablation_location(storage, name: str) -> Location:
+    """Where the ablation ``name`` of the run at ``storage`` (the ``storage`` config node) is published."""
+    return Location.parse(storage.uri, storage.endpoint_url).child("ablations", name)
+
+
 def ablation_generator(cfg, gen, name: str, changes: dict):
     """Train (or reuse) the generator of ablation ``name``; the evaluated one itself where it already is it
     (e.g. single_level when train.meta=none)."""
@@ -32,7 +37,7 @@ def ablation_generator(cfg, gen, name: str, changes: dict):
                   verbose=cfg.verbose)
     if all(to_plain(getattr(abl, k)) == to_plain(getattr(gen.cfg, k)) for k in ("diffusion", "model", "train")):
         return gen
-    where = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url).child("ablations", name)
+    where = ablation_location(cfg.storage, name)
     if finished(where, run_name(abl), abl.train.epochs) is None:
         log.info("evaluate: training the %s ablation", name)
         run_train(abl, name=f"ablations/{name}")

@@ -16,8 +16,25 @@ import sys
 from typing import Dict, List
 
 import ltdi_ray
-from ltdi_ray.evaluation.methods import METHODS
+from ltdi_ray.evaluation.ablations import ablation_location
+from ltdi_ray.evaluation.methods import ABLATIONS, METHODS
+from ltdi_ray.generator.checkpoint import META, read_meta
+from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import family_class
+
+
+def generator_validation(base: List[str], methods: List[str]) -> Dict[str, float]:
+    """The last epoch's validation metric (``train.val_tasks`` validation tasks of ``collect.seed``) of every
+    generator among ``methods`` that the run ``base`` composes to has trained: ``ltdi`` and the ablations.
+    What a default among them is chosen by; the test tasks never are."""
+    cfg = ltdi_ray.compose(*base)
+    places = {"ltdi": Location.parse(cfg.storage.uri, cfg.storage.endpoint_url).child("generator")}
+    places.update({m: ablation_location(cfg.storage, m) for m in methods if m in ABLATIONS or m == "bilevel_time"})
+    out = {}
+    for name, where in places.items():
+        if where.exists(META):
+            out[name] = read_meta(where)["metrics"]["val_metric"]
+    return out
 
 
 def higher_is_better(base: List[str]) -> bool:
