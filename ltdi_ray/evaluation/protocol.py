@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -72,8 +73,9 @@ def choose_step_sizes(base: List[str], methods: List[str], grid: List[float], ta
             if m in record["methods"]:  # not skipped
                 scores[m][lr] = record["methods"][m]["mean"]
     scores = {m: s for m, s in scores.items() if s}
-    pick = max if higher_is_better(base) else min
-    return {m: {"lr": pick(s, key=s.get), "val": s} for m, s in scores.items()}
+    sign = 1.0 if higher_is_better(base) else -1.0
+    rank = lambda s: lambda lr: sign * s[lr] if math.isfinite(s[lr]) else -math.inf  # noqa: E731  (diverged: worst)
+    return {m: {"lr": max(s, key=rank(s)), "val": s} for m, s in scores.items()}
 
 
 def score(base: List[str], methods: List[str], chosen: Dict[str, dict], extra: List[str] = (),
