@@ -29,7 +29,7 @@ import time
 import torch
 
 import ltdi_ray
-from ltdi_ray.evaluation.protocol import choose_step_sizes, generator_validation, score, seed_run
+from ltdi_ray.evaluation.protocol import choose_step_sizes, generator_validation, score, train_seed
 from ltdi_ray.evaluation.report import format_table
 from ltdi_ray.evaluation.stats import over_seeds
 from ltdi_ray.pipelines.prepare import prepare
@@ -68,9 +68,7 @@ def main() -> None:
         chosen, per_seed, validation = {}, [], []
         for seed in args.seeds:
             tic = time.time()
-            run = seed_run(f"{top}/data", f"{top}/seed{seed}")
-            base = [*common, f"storage.uri={run}", f"train.seed={seed}", f"evaluate.baseline.seed={seed}"]
-            ltdi_ray.run("train", ltdi_ray.compose(*base))
+            run, base = train_seed(common, top, seed)
             if not chosen:  # on validation episodes, once: the seed-0 models' step sizes serve every seed
                 chosen = choose_step_sizes(base, args.methods, args.lr_grid, args.val_tasks)
             record = score(base, args.methods, chosen, diagnostics=["memorisation"])

@@ -28,7 +28,7 @@ import time
 import torch
 
 import ltdi_ray
-from ltdi_ray.evaluation.protocol import choose_step_sizes, generator_validation, score, seed_run
+from ltdi_ray.evaluation.protocol import choose_step_sizes, generator_validation, score, train_seed
 from ltdi_ray.evaluation.stats import over_seeds
 
 METHODS = ["init", "finetune", "maml", "fomaml", "reptile", "maml_pool", "encoder_fit", "vanilla", "bridge_k1",
@@ -55,9 +55,7 @@ def main() -> None:
         chosen, per_seed, validation = {}, {table: [] for table in TABLES}, []
         for seed in args.seeds:
             tic = time.time()
-            run = seed_run(f"{top}/data", f"{top}/seed{seed}")
-            base = [*common, f"storage.uri={run}", f"train.seed={seed}", f"evaluate.baseline.seed={seed}"]
-            ltdi_ray.run("train", ltdi_ray.compose(*base))
+            run, base = train_seed(common, top, seed)
             if not chosen:  # on validation tasks, once: the seed-0 models' step sizes serve every seed
                 chosen = choose_step_sizes(base, args.methods, args.lr_grid, args.val_tasks)
             for table, extra in TABLES.items():

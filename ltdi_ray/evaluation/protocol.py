@@ -3,7 +3,7 @@
 Development and final tasks are disjoint: every step size is chosen on validation episodes
 (:func:`choose_step_sizes`), and the final table scores the test episodes of ``evaluate.seed`` once
 (:func:`score`); learned methods are trained under several seeds, each in its own run directory that
-shares one collected dataset (:func:`seed_run`), and compared with ``evaluation.stats.over_seeds``.
+shares one collected dataset (:func:`train_seed`), and compared with ``evaluation.stats.over_seeds``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Dict, List
 
 import ltdi_ray
 from ltdi_ray.evaluation.ablations import ablation_location
-from ltdi_ray.evaluation.methods import ABLATIONS, METHODS
+from ltdi_ray.evaluation.methods import METHODS
 from ltdi_ray.generator.checkpoint import META, read_meta
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import family_class
@@ -30,7 +30,7 @@ def generator_validation(base: List[str], methods: List[str]) -> Dict[str, float
     What a default among them is chosen by; the test tasks never are."""
     cfg = ltdi_ray.compose(*base)
     places = {"ltdi": Location.parse(cfg.storage.uri, cfg.storage.endpoint_url).child("generator")}
-    places.update({m: ablation_location(cfg.storage, m) for m in methods if m in ABLATIONS or m == "bilevel_time"})
+    places.update({m: ablation_location(cfg.storage, m) for m in methods if m != "ltdi"})  # none there: not one
     out = {}
     for name, where in places.items():
         if where.exists(META):
@@ -51,6 +51,16 @@ def seed_run(data_uri: str, run_uri: str) -> str:
         os.makedirs(run_uri, exist_ok=True)
         shutil.copytree(os.path.join(data_uri, "trajectories"), target, copy_function=os.link)
     return run_uri
+
+
+def train_seed(common: List[str], top: str, seed: int) -> tuple:
+    """The generator of seed ``seed`` trained in ``<top>/seed<seed>`` on the dataset of ``<top>/data`` (config
+    overrides ``common``); returns the run directory and the overrides every later stage of that seed takes
+    (``train.seed`` and ``evaluate.baseline.seed`` set to ``seed``)."""
+    run = seed_run(f"{top}/data", f"{top}/seed{seed}")
+    base = [*common, f"storage.uri={run}", f"train.seed={seed}", f"evaluate.baseline.seed={seed}"]
+    ltdi_ray.run("train", ltdi_ray.compose(*base))
+    return run, base
 
 
 def _run(base: List[str], methods: List[str], values: Dict[str, float], extra: List[str]) -> dict:
