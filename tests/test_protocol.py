@@ -1,13 +1,15 @@
 """The evaluation protocol: untouched test tasks, the training split refused, seeds recorded, the controls."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import smoke_config
 
-from ltdi_ray.errors import ConfigError
+from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.evaluation.diagnostics import DIAGNOSTICS
 from ltdi_ray.evaluation.methods import METHODS
 from ltdi_ray.evaluation.stats import over_seeds
@@ -100,3 +102,26 @@ def test_over_seeds_calls_a_win_only_on_every_seed_or_a_pooled_interval_excludin
     assert over_seeds(mixed)["ltdi_minus"]["a"]["verdict"] == "level"  # seeds disagree and the interval holds 0
     assert over_seeds([{"ltdi": base + 0.1, "a": base}] * 3)["ltdi_minus"]["a"]["verdict"] == "behind"
     assert over_seeds(rows, higher_is_better=True)["ltdi_minus"]["a"]["verdict"] == "behind"
+
+
+def test_a_kept_baseline_is_reused_only_for_the_same_inputs_and_checked_on_read(trained):
+    cfg, _ = trained
+
+    def evaluate(*extra):
+        run = smoke_config(cfg.storage.uri, "evaluate.baseline.reuse=true", "evaluate.methods=[fomaml]", *extra)
+        return json.loads(open(run_evaluate(run)["uri"]).read())
+
+    first, again = evaluate(), evaluate()
+    kept = again["settings"]["fomaml"].pop("reused_from")
+    assert "reused_from" not in first["settings"]["fomaml"] and again["settings"] == first["settings"]
+    assert again["per_task"] == first["per_task"]
+    other = evaluate("evaluate.baseline.seed=5")  # another input: meta-trained again, kept apart
+    assert "reused_from" not in other["settings"]["fomaml"] and other["per_task"] != first["per_task"]
+    theta = Path(kept) / "theta.safetensors"
+    data = bytearray(theta.read_bytes())
+    data[-1] ^= 1
+    theta.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"kept baseline .*fomaml-\w+ does not match its record") as err:
+        evaluate()
+    assert "\n" not in str(err.value)
+    shutil.rmtree(Path(cfg.storage.uri) / "baselines")

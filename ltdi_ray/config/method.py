@@ -173,6 +173,9 @@ class BaselineConfig(MetaInitConfig):
     inner_steps: int = 1  # maml / fomaml: SGD steps inside meta-training (MAML paper: 1; 5 diverged here)
     reptile_inner_steps: int = 5  # reptile: SGD steps per task on support + query
     cpus: float = 1.0  # per baseline: each meta-trains as its own Ray task, side by side (also its torch threads)
+    # keep each meta-trained baseline under <storage.uri>/baselines/ and reuse it when its inputs (dataset,
+    # task, these settings, start, package version) agree: evaluating again skips minutes of meta-training
+    reuse: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -9,11 +9,12 @@ longest), so the shorter ones fill the other cores.
 from __future__ import annotations
 
 import json
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from ltdi_ray.config.compose import to_plain
+from ltdi_ray.evaluation import stored_baselines
 from ltdi_ray.meta.meta_init import meta_train_on_pools
 from ltdi_ray.progress import watched
 
@@ -39,9 +40,10 @@ def training_pools(cfg, gen) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _meta_init_task(threads: int, show: bool, name: str, rule: str, pool_query: bool, loss, theta0, pools,
-                    classes: int, shots: int, settings) -> Tuple[torch.Tensor, dict]:
+                    classes: int, shots: int, settings, keep: Optional[tuple]) -> Tuple[torch.Tensor, dict]:
     """:func:`meta_train_on_pools` as a Ray task, torch's intra-op threads capped at the task's CPUs, its
-    progress drawn on the driver (``show``)."""
+    progress drawn on the driver (``show``); ``keep``: where and under which inputs to keep the result
+    (``stored_baselines``), or None."""
     from ltdi_ray.progress import RemoteBar
 
     torch.set_num_threads(threads)
@@ -49,25 +51,33 @@ def _meta_init_task(threads: int, show: bool, name: str, rule: str, pool_query: 
     theta, record = meta_train_on_pools(loss, theta0, pools, classes, shots, rule, settings, on_step=bar.update,
                                         pool_query=pool_query)
     bar.close()
-    return theta, {**record, "threads": threads}
+    record = {**record, "threads": threads}
+    if keep is not None:
+        stored_baselines.write(*keep, theta, record)
+    return theta, record
 
 
 def launch_meta_init(ev, name: str, rule: str, pool_query: bool):
     """Start meta-training baseline ``name`` (meta-learning ``rule``; ``pool_query``: its outer loss on the
     whole pool minus the support) on the dataset's training pools as a Ray task of
-    ``evaluate.baseline.cpus`` CPUs; returns its ref of ``(theta (D,), settings)``."""
+    ``evaluate.baseline.cpus`` CPUs; returns its ref of ``(theta (D,), settings)``. With
+    ``evaluate.baseline.reuse``, a kept result of the same inputs is that ref, and a new one is kept."""
     import ray
 
     from ltdi_ray.pipelines.runtime import ensure_ray
 
     ensure_ray(ev.cfg.ray, ev.cfg.verbose)
     b = ev.cfg.evaluate.baseline
+    keep = stored_baselines.entry(ev, name, rule, pool_query) if b.reuse else None
+    kept = keep and stored_baselines.read(*keep, dim=ev.base.numel())
+    if kept:
+        return ray.put(kept)
     if "pools" not in ev.shared:  # one copy in the object store for every baseline
         ev.shared["pools"] = ray.put(training_pools(ev.cfg, ev.gen))
     family = ev.gen.family
     task = ray.remote(num_cpus=b.cpus)(_meta_init_task).options(name="ltdi_ray.meta_init")
     return task.remote(max(1, int(b.cpus)), watched(), name, rule, pool_query, ev.gen.view().loss, ev.base,
-                       ev.shared["pools"], family.pool_classes, family.shots, b)
+                       ev.shared["pools"], family.pool_classes, family.shots, b, keep)
 
 
 def finish(ref) -> Tuple[torch.Tensor, dict]:

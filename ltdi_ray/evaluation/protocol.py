@@ -56,9 +56,11 @@ def seed_run(data_uri: str, run_uri: str) -> str:
 def train_seed(common: List[str], top: str, seed: int) -> tuple:
     """The generator of seed ``seed`` trained in ``<top>/seed<seed>`` on the dataset of ``<top>/data`` (config
     overrides ``common``); returns the run directory and the overrides every later stage of that seed takes
-    (``train.seed`` and ``evaluate.baseline.seed`` set to ``seed``)."""
+    (``train.seed`` and ``evaluate.baseline.seed`` set to ``seed``; the meta-trained baselines kept and reused
+    between the step-size choice and the final tables)."""
     run = seed_run(f"{top}/data", f"{top}/seed{seed}")
-    base = [*common, f"storage.uri={run}", f"train.seed={seed}", f"evaluate.baseline.seed={seed}"]
+    base = [*common, f"storage.uri={run}", f"train.seed={seed}", f"evaluate.baseline.seed={seed}",
+            "evaluate.baseline.reuse=true"]
     ltdi_ray.run("train", ltdi_ray.compose(*base))
     return run, base
 

@@ -143,7 +143,7 @@ def meta_train_on_pools(loss: LossFn, theta0: torch.Tensor, pools: Tuple[torch.T
 
     tic = time.perf_counter()
     theta, history = train_meta_init(loss, theta0, sample_batch, method, settings, on_step)
-    record = {"method": method, **{k: v for k, v in asdict(settings).items() if k not in ("cpus", "reptile_inner_steps")},
+    record = {"method": method, **{k: v for k, v in asdict(settings).items() if k not in ("cpus", "reptile_inner_steps", "reuse")},
               "train_tasks": len(px), "support": shots * classes, "outer_query": queries * classes,
               "meta_train_s": round(time.perf_counter() - tic, 1),
               "outer_loss_first_last": [round(history[0], 4), round(float(np.mean(history[-50:])), 4)]}
