@@ -19,7 +19,7 @@ training episodes after the collected ones.
 Figures: docs/results/method-choices.md, docs/results/omniglot.md, docs/results/performance.md.
 
     python -m ltdi_ray collect collect.num_tasks=4000 storage.uri=/tmp/sin4g
-    python benchmarks/generator_probe.py /tmp/sin4g --seconds 120 --overrides diffusion.segments=1
+    python benchmarks/generator_probe.py /tmp/sin4g --seconds 120 --overrides diffusion.variant=bridge diffusion.segments=1
     python benchmarks/generator_probe.py --collect 10000 --device cuda --seconds 300 --overrides task.shots=10
 """
 

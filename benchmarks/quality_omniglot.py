@@ -38,7 +38,7 @@ from ltdi_ray.pipelines.prepare import prepare
 # 33-number class rows it matches `small` at equal time, 10x faster: docs/results/omniglot.md, "Earlier probe")
 SCALE = ["task=omniglot", "task.generate=head", "collect.num_tasks=10000", "model.preset=tiny"]
 METHODS = ["init", "finetune", "maml", "fomaml", "reptile", "maml_pool", "protonet", "protonet_sgd", "vanilla",
-           "bridge_k1", "hypernet", "ltdi", "ltdi_finetune", "condition_shuffle"]
+           "bridge_k3", "bridge_k1", "hypernet", "ltdi", "ltdi_finetune", "condition_shuffle"]
 
 
 def main() -> None:

@@ -31,10 +31,10 @@ import ltdi_ray
 from ltdi_ray.evaluation.protocol import choose_step_sizes, generator_validation, score, train_seed
 from ltdi_ray.evaluation.stats import over_seeds
 
-METHODS = ["init", "finetune", "maml", "fomaml", "reptile", "maml_pool", "encoder_fit", "vanilla", "bridge_k1",
-           "hypernet", "ltdi", "ltdi_finetune", "condition_shuffle"]
-OFF_GRID = ["init", "finetune", "maml", "fomaml", "reptile", "encoder_fit", "bridge_k1", "hypernet", "ltdi",
-            "ltdi_finetune", "condition_shuffle"]
+METHODS = ["init", "finetune", "maml", "fomaml", "reptile", "maml_pool", "encoder_fit", "vanilla", "bridge_k3",
+           "bridge_k1", "hypernet", "ltdi", "ltdi_finetune", "condition_shuffle"]
+OFF_GRID = ["init", "finetune", "maml", "fomaml", "reptile", "encoder_fit", "bridge_k3", "bridge_k1", "hypernet",
+            "ltdi", "ltdi_finetune", "condition_shuffle"]
 TABLES = {"grid": [], "off_grid": ["+evaluate.task.pool=random"]}
 
 

@@ -52,7 +52,7 @@ def test_s3_uri_is_kept_verbatim():
     ("evaluate.seed=-1", "evaluate.seed"),
     ("evaluate.diagnostics=[nope]", "evaluate.diagnostics"),
     ("evaluate.split=holdout", "evaluate.split"),
-    ("diffusion.variant=hypernet", "diffusion.segments"),
+    ("diffusion.segments=3", "diffusion.segments"),  # sinusoid's default variant is the one-call hypernet
     ("reptile_start.meta_steps=0", "reptile_start.meta_steps"),
     ("reptile_start.inner_lr=0", "reptile_start.inner_lr"),
     ("trajectory.theta0=maml", "trajectory.theta0"),
@@ -71,6 +71,26 @@ def test_unknown_family_lists_the_choices():
 def test_omniglot_shots_plus_query_must_fit_twenty_drawings():
     with pytest.raises(ConfigError, match="task.shots"):
         load_config(["task=omniglot", "task.root=/x", "task.shots=16", "task.query_per_class=5"])
+
+
+def test_the_generator_is_the_familys_choice_on_validation_and_a_chosen_variant_gets_its_own_segments():
+    from ltdi_ray.config.compose import config_from_plain, to_plain
+
+    def process(*overrides):
+        d = load_config(list(overrides)).diffusion
+        return d.variant, d.segments
+
+    head = ["task=omniglot", "task.root=/data/omni", "task.generate=head"]
+    assert process() == ("hypernet", 1)  # sinusoid
+    assert process(*head) == ("bridge", 3)
+    assert process("task=omniglot", "task.root=/data/omni") == ("bridge", 3)  # a family that says nothing
+    assert process("diffusion.variant=bridge") == ("bridge", 3)  # k follows the variant asked for
+    assert process("diffusion.variant=local_consistency", "diffusion.segments=2") == ("local_consistency", 2)
+    assert process(*head, "diffusion.variant=hypernet") == ("hypernet", 1)
+    again = config_from_plain(to_plain(load_config([])))  # checkpoints keep the resolved process
+    assert (again.diffusion.variant, again.diffusion.segments) == ("hypernet", 1)
+    with pytest.raises(ConfigError, match="'diffusion.segments': must be 1 for diffusion.variant=hypernet"):
+        load_config(["diffusion.segments=3"])
 
 
 @settings(max_examples=40, deadline=None)
@@ -151,8 +171,8 @@ def test_method_validators_accept_exactly_the_valid_values(steps, segments, lr, 
     ok = {"diffusion": 2 <= steps <= 1000 and 1 <= segments <= steps, "train.lr": lr > 0,
           "train.function_loss": weight >= 0}
     try:
-        load_config([f"diffusion.steps={steps}", f"diffusion.segments={segments}", f"train.lr={lr}",
-                     f"train.function_loss={weight}"])
+        load_config(["diffusion.variant=bridge", f"diffusion.steps={steps}", f"diffusion.segments={segments}",
+                     f"train.lr={lr}", f"train.function_loss={weight}"])
     except ConfigError as err:
         assert not all(ok.values()), err
         assert "\n" not in str(err)

@@ -128,7 +128,7 @@ def test_cosine_schedule_is_a_function_of_the_step():
     torch.manual_seed(0)
     gen = GeneratorNet(SetEncoder(1, 1, PRESETS["tiny"].cond_dim, width=16), ResMLPDenoiser(D, T, PRESETS["tiny"]))
     cfg = load_config(["train.lr_schedule=cosine", "train.lr=0.002", "train.epochs=2", "train.steps_per_epoch=5"]).train
-    trainer = MetaTrainer(gen, make_diffusion(DiffusionConfig(steps=T, segments=3, bridge_noise=0.5, bridge_start_noise=0.0)), _store(), cfg)
+    trainer = MetaTrainer(gen, make_diffusion(DiffusionConfig(variant="bridge", steps=T, segments=3, bridge_noise=0.5, bridge_start_noise=0.0)), _store(), cfg)
     assert [round(trainer.lr_at(s), 6) for s in (0, 5, 10, 12)] == [0.002, 0.001, 0.0, 0.0]
     trainer.step(5)
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)

@@ -182,13 +182,13 @@ def test_evaluate_scores_every_method_on_the_same_tasks_and_saves_results(traine
     cfg, _ = trained
     summary = run_evaluate(cfg)
     methods = summary["methods"]
-    # the support-start methods: Omniglot heads only
-    assert list(methods) == [m for m in cfg.evaluate.methods if m not in ("protonet", "protonet_sgd")]
+    # the support-start methods: Omniglot heads only; bridge_k3 is the evaluated generator itself
+    assert list(methods) == [m for m in cfg.evaluate.methods if m not in ("protonet", "protonet_sgd", "bridge_k3")]
     assert all(np.isfinite(m["mean"]) and m["ci95"] >= 0 and m["ms_per_task"] > 0 for m in methods.values())
     record = json.loads(open(summary["uri"]).read())
     assert record["tasks"] == 16 and record["metric"] == "mse" and set(record["settings"]) >= {"maml", "finetune"}
-    assert record["settings"]["bridge_k1"]["diffusion"]["segments"] == 1
-    assert record["settings"]["bridge_k1"]["diffusion"]["variant"] == "bridge"
+    assert record["settings"]["hypernet"]["diffusion"]["segments"] == 1  # the bridge's control: no diffusion
+    assert record["settings"]["hypernet"]["diffusion"]["variant"] == "hypernet"
     paired = record["ltdi_minus"]  # the same tasks for every method: the difference of means is the mean difference
     assert set(paired) == set(methods) - {"ltdi"}
     for name, d in paired.items():

@@ -14,7 +14,7 @@ from ltdi_ray.config import load_config
 from ltdi_ray.errors import ConfigError
 from ltdi_ray.pipelines.collect import run_collect
 from ltdi_ray.pipelines.train import run_train
-from ltdi_ray.pipelines.tune import check_space, run_tune
+from ltdi_ray.pipelines.tune import check_space, run_tune, sweep_base, trial_config
 from ltdi_ray.storage.fs import Location
 
 SWEEP = ["experiment=smoke", "collect.num_tasks=32", "collect.batch_size=16", "collect.num_actors=1",
@@ -99,13 +99,28 @@ def test_an_empty_or_unknown_space_is_one_line(tmp_path, capsys):
     cfg = load_config(["experiment=smoke", f"storage.uri={tmp_path}", "tune=none", "+tune.space.train.nope.grid=[1]"])
     with pytest.raises(ConfigError, match=r"tune.space.train.nope=1: unknown config key 'train.nope'"):
         check_space(cfg)
-    bad = load_config(["experiment=smoke", f"storage.uri={tmp_path}", "tune=none", "+tune.space.diffusion.segments.grid=[3,0]"])
+    bad = load_config(["experiment=smoke", f"storage.uri={tmp_path}", "tune=none", "diffusion.variant=bridge",
+                       "+tune.space.diffusion.segments.grid=[3,0]"])
     with pytest.raises(ConfigError, match=r"tune.space.diffusion.segments=0: config key 'diffusion.segments': must be in"):
         check_space(bad)
 
 
+def test_trials_get_their_own_family_defaults_and_every_combination_is_checked():
+    def space(*keys):
+        return load_config(["tune=none", *(f"+tune.space.{k}" for k in keys)])  # sinusoid: the hypernet by default
+
+    base = sweep_base(space("diffusion.variant.grid=[local_consistency,bridge]"))
+    assert trial_config(base, {"diffusion.variant": "bridge"}).diffusion.segments == 3  # not the hypernet's k = 1
+    assert trial_config(base, {}).diffusion.variant == "hypernet"
+    check_space(space("diffusion.segments.grid=[1,3]", "diffusion.variant.grid=[local_consistency,bridge]"))
+    with pytest.raises(ConfigError, match=r"tune.space.diffusion.segments=3, diffusion.variant='hypernet': "
+                                          r"config key 'diffusion.segments': must be 1 for diffusion.variant=hypernet"):
+        check_space(space("diffusion.segments.grid=[1,3]", "diffusion.variant.grid=[hypernet,bridge]"))
+
+
 def test_a_sweep_on_s3_keeps_its_state_and_outputs_in_the_bucket(ray_session, bucket, s3_endpoint):
-    cfg = load_config([*SWEEP[:-2], f"storage.uri=s3://{bucket}/run", f"storage.endpoint_url={s3_endpoint}"])
+    cfg = load_config([*SWEEP[:-2], "diffusion.variant=bridge", f"storage.uri=s3://{bucket}/run",
+                       f"storage.endpoint_url={s3_endpoint}"])
     run_collect(cfg)
     summary = run_tune(cfg)
     assert summary["trials"] == 2 and summary["best_config"] == f"s3://{bucket}/run/tune/sweep/best_config.yaml"

@@ -25,8 +25,10 @@ def _one_of(value, names, key: str) -> None:
 class DiffusionConfig:
     """The diffusion process over normalised weights (docs/design.md 2.3)."""
 
-    variant: str = "bridge"  # local_consistency | bridge | hypernet (the no-diffusion control)
-    segments: int = 3  # k; 1 = vanilla diffusion on the final weights; hypernet: 1
+    # local_consistency | bridge | hypernet (no diffusion: one call theta_0 -> theta_M); null = the task
+    # family's default, chosen on validation tasks (docs/results/protocol.md), else bridge
+    variant: Optional[str] = None
+    segments: Optional[int] = None  # k; 1 = one segment to the final weights; null = 1 for hypernet, else 3
     schedule: str = "linear"
     steps: int = 20  # T
     parameterization: str = "x0"  # local_consistency only: eps | x0 | v
@@ -43,13 +45,16 @@ class DiffusionConfig:
     sample_steps: Optional[int] = 1  # ddim: steps actually taken (bridge: per segment end at least); None = all T
 
     def __post_init__(self) -> None:
-        _one_of(self.variant, VARIANTS, "diffusion.variant")
+        # null variant and segments are checked again once the root config has filled them
+        if self.variant is not None:
+            _one_of(self.variant, VARIANTS, "diffusion.variant")
         _one_of(self.schedule, SCHEDULES, "diffusion.schedule")
         check(2 <= self.steps <= 1000, "diffusion.steps", f"must be in [2, 1000], got {self.steps}")
-        check(1 <= self.segments <= self.steps, "diffusion.segments",
+        check(self.segments is None or 1 <= self.segments <= self.steps, "diffusion.segments",
               f"must be in [1, diffusion.steps={self.steps}], got {self.segments}")
-        check(self.variant != "hypernet" or self.segments == 1, "diffusion.segments",
-              f"must be 1 for diffusion.variant=hypernet (one call to theta_M), got {self.segments}")
+        check(self.variant != "hypernet" or self.segments in (None, 1), "diffusion.segments",
+              f"must be 1 for diffusion.variant=hypernet (one call to theta_M; diffusion.variant=bridge chains k "
+              f"segments), got {self.segments}")
         _one_of(self.parameterization, PARAMETERIZATIONS, "diffusion.parameterization")
         _one_of(self.weighting, WEIGHTINGS, "diffusion.weighting")
         check(self.clip is None or self.clip > 0, "diffusion.clip", f"must be > 0 or null, got {self.clip}")

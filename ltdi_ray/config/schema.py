@@ -129,9 +129,12 @@ class RayConfig:
         check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", f"must be >= 1, got {self.num_cpus}")
 
 
-# keys that may be left null for the task family to fill, and their value where it says nothing
-FAMILY_DEFAULTS = {"trajectory.theta0": "shared", "diffusion.bridge_noise": 0.5, "diffusion.bridge_start_noise": 0.5,
-                   "model.encoder_ridge": 0.0}
+# keys that may be left null for the task family to fill, in the order they are filled (a family's default
+# may depend on those before it), and their value where it says nothing (a function of the config so far)
+FAMILY_DEFAULTS = {"trajectory.theta0": lambda cfg: "shared", "diffusion.variant": lambda cfg: "bridge",
+                   "diffusion.segments": lambda cfg: 1 if cfg.diffusion.variant == "hypernet" else 3,
+                   "diffusion.bridge_noise": lambda cfg: 0.5, "diffusion.bridge_start_noise": lambda cfg: 0.5,
+                   "model.encoder_ridge": lambda cfg: 0.0}
 
 
 @dataclass
@@ -155,11 +158,12 @@ class Config:
 
     def __post_init__(self) -> None:
         family = family_class(self.task.family)
-        measured = family.defaults(self)
         for key, fallback in FAMILY_DEFAULTS.items():
             section, name = key.split(".")
             if getattr(getattr(self, section), name) is None:
-                setattr(getattr(self, section), name, measured.get(key, fallback))
+                measured = family.defaults(self)
+                setattr(getattr(self, section), name, measured[key] if key in measured else fallback(self))
+        self.diffusion.__post_init__()  # its checks of the keys just filled
         family.check(self)
         d = self.diffusion
         starts = " or ".join(FROM_THETA0)

@@ -22,6 +22,13 @@ def ablation_config(gen_cfg, changes: dict, epochs=None):
     return config_from_plain(plain)
 
 
+def is_the_generator(cfg, gen_cfg, changes: dict) -> bool:
+    """Whether the ablation with ``changes`` (trained for ``cfg.evaluate.ablation_epochs``) would train the
+    generator of ``gen_cfg`` again."""
+    abl = ablation_config(gen_cfg, changes, cfg.evaluate.ablation_epochs)
+    return all(to_plain(getattr(abl, k)) == to_plain(getattr(gen_cfg, k)) for k in ("diffusion", "model", "train"))
+
+
 def ablation_location(storage, name: str) -> Location:
     """Where the ablation ``name`` of the run at ``storage`` (the ``storage`` config node) is published."""
     return Location.parse(storage.uri, storage.endpoint_url).child("ablations", name)
@@ -33,10 +40,10 @@ def ablation_generator(cfg, gen, name: str, changes: dict):
     from ltdi_ray.generator.api import load_generator
     from ltdi_ray.pipelines.train import finished, run_name, run_train
 
+    if is_the_generator(cfg, gen.cfg, changes):
+        return gen
     abl = replace(ablation_config(gen.cfg, changes, cfg.evaluate.ablation_epochs), ray=cfg.ray, storage=cfg.storage,
                   verbose=cfg.verbose)
-    if all(to_plain(getattr(abl, k)) == to_plain(getattr(gen.cfg, k)) for k in ("diffusion", "model", "train")):
-        return gen
     where = ablation_location(cfg.storage, name)
     if finished(where, run_name(abl), abl.train.epochs) is None:
         log.info("evaluate: training the %s ablation", name)

@@ -205,9 +205,11 @@ ABLATIONS = {
     # the paper's bi-level meta-training (Reptile over the generator) at equal outer steps; our loss terms
     # are single-level and drop out
     "bilevel": {"train": {"meta": "reptile", "function_loss": None, "chain_loss": None}},
-    # the clean test of local targets: the bridge with one segment, everything else equal
-    "bridge_k1": {"diffusion": {"segments": 1}},
-    # no diffusion: the same encoder and network trained to map theta_0 to theta_M in one call, same losses
+    # what the diffusion adds, everything else equal (the one that is the evaluated generator is skipped):
+    # the bridge with k = 3 segments, with one (the clean test of local targets), and no diffusion at all
+    # (the same encoder and network trained to map theta_0 to theta_M in one call, same losses)
+    "bridge_k3": {"diffusion": {"variant": "bridge", "segments": 3}},
+    "bridge_k1": {"diffusion": {"variant": "bridge", "segments": 1}},
     "hypernet": {"diffusion": {"variant": "hypernet", "segments": 1}},
     # vanilla diffusion: x0 prediction (the stable one) and the full stochastic DDPM chain, the sampler that
     # makes best-of-n work for it (one DDIM jump scores better with a single sample: docs/results/sinusoid.md)
@@ -215,6 +217,16 @@ ABLATIONS = {
                               "weighting": "x0", "sampler": "ddpm", "sample_steps": None},
                 "train": {"function_loss": None, "chain_loss": None}},  # our terms need the bridge
 }
+
+
+def _not_the_generator(name: str) -> Callable[[Evaluation], Optional[str]]:
+    def skip(ev: Evaluation) -> Optional[str]:
+        from ltdi_ray.evaluation.ablations import is_the_generator
+
+        if is_the_generator(ev.cfg, ev.gen.cfg, ABLATIONS[name]):
+            return "it is the evaluated generator (ltdi)"
+        return _trained_on_the_dataset(ev)
+    return skip
 
 
 def _train_ablation(name: str) -> Callable[[Evaluation], Any]:
@@ -236,8 +248,8 @@ def _ablation(name: str) -> Callable[[Evaluation], torch.Tensor]:
 
 
 for _name in ABLATIONS:
-    METHODS[_name] = Method(_ablation(_name), _trained_on_the_dataset, prepare=_train_ablation(_name),
-                            default=_name == "bridge_k1")
+    METHODS[_name] = Method(_ablation(_name), _not_the_generator(_name), prepare=_train_ablation(_name),
+                            default=_name in ("bridge_k3", "hypernet"))  # diffusion or not: the one that is not ltdi
 
 
 def _bilevel_at_equal_time(ev: Evaluation):

@@ -10,13 +10,14 @@ trials early. Results, trial runs and the experiment state live under
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import time
 from typing import Any, Dict
 
 from ltdi_ray.config.compose import config_from_plain, set_dotted, to_plain
-from ltdi_ray.config.schema import Config
+from ltdi_ray.config.schema import FAMILY_DEFAULTS, Config
 from ltdi_ray.config.sweep import flatten_space
 from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.pipelines.prepare import prepare
@@ -26,6 +27,7 @@ from ltdi_ray.tasks import family_class
 
 log = logging.getLogger("ltdi_ray")
 METRIC = "val_metric"
+MAX_CHECKED = 256  # combinations of swept values composed before a sweep starts (about 40 ms each)
 
 
 def trial_config(base: dict, params: Dict[str, Any]) -> Config:
@@ -56,20 +58,55 @@ def _sampler(kind: str, arg: list):
         {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*arg)
 
 
+def sweep_base(cfg: Config) -> dict:
+    """The plain config every trial starts from: the keys the task family filled (``FAMILY_DEFAULTS``) are
+    null again, so a trial gets the defaults of its own values (k follows a swept variant, the bridge noise
+    a swept start). A key set to exactly its default is treated alike: it follows the trial too."""
+    plain = to_plain(cfg)
+    for key in FAMILY_DEFAULTS:
+        trial = copy.deepcopy(plain)
+        set_dotted(trial, key, None)
+        section, name = key.split(".")
+        try:
+            filled = getattr(getattr(config_from_plain(trial), section), name)
+        except ConfigError:  # its default does not fit the rest of the config: it was set
+            continue
+        if filled == plain[section][name]:
+            plain = trial
+    return plain
+
+
+def _checked_values(kind: str, arg: list) -> list:
+    return list(arg) if kind in ("grid", "choice") else list(arg[:2])  # a range: its two ends
+
+
 def check_space(cfg: Config) -> Dict[str, Any]:
-    """Every listed value must make a valid config (checked here, not in a failed trial)."""
+    """Every combination of the listed values (a range: its ends) must make a valid config, checked here,
+    not in a failed trial; past ``MAX_CHECKED`` combinations, each key's values with the other keys at
+    their first value."""
     space = flatten_space(cfg.tune.space)
     if not space:
         raise ConfigError("tune.space is empty: name at least one key to sweep (see conf/tune/default.yaml)")
-    base = to_plain(cfg)
-    for key, kind, arg in space:
-        for value in (arg if kind in ("grid", "choice") else arg[:2]):
-            try:
-                trial_config(base, {key: value})
-            except (KeyError, TypeError):
-                raise ConfigError(f"tune.space.{key}: {key} is not a config key") from None
-            except ConfigError as err:
-                raise ConfigError(f"tune.space.{key}={value!r}: {err}") from None
+    base = sweep_base(cfg)
+    values = {key: _checked_values(kind, arg) for key, kind, arg in space}
+    for key in values:
+        try:
+            trial_config(base, {key: values[key][0]})
+        except (KeyError, TypeError):
+            raise ConfigError(f"tune.space.{key}: {key} is not a config key") from None
+        except ConfigError:
+            pass  # judged with the other keys' values below
+    if math.prod(len(v) for v in values.values()) <= MAX_CHECKED:
+        combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    else:
+        first = {key: v[0] for key, v in values.items()}
+        combos = [{**first, key: value} for key, v in values.items() for value in v]
+    for params in combos:
+        try:
+            trial_config(base, params)
+        except ConfigError as err:
+            named = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            raise ConfigError(f"tune.space.{named}: {err}") from None
     return {key: _sampler(kind, arg) for key, kind, arg in space}
 
 
@@ -121,7 +158,7 @@ def run_tune(cfg: Config) -> dict:
     keep_credentials_out_of_trial_envs()
     sweep_root = root.child("tune")
     # the driver only waits on its Train run: it holds a sliver of a CPU
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=to_plain(cfg)), {"CPU": 0.01})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=sweep_base(cfg)), {"CPU": 0.01})
     path = storage_path(sweep_root.child(cfg.tune.name))
     if tune.Tuner.can_restore(path):
         log.info("tune: resuming the sweep at %s", sweep_root.child(cfg.tune.name))
