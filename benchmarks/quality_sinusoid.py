@@ -12,10 +12,11 @@ seeds, which is what a default among them is chosen by.
 Prints one JSON line per (shots, seed, table) and then one per (shots, table) with the comparison over
 seeds (``ltdi_ray.evaluation.stats.over_seeds``: mean and spread over seeds, ``ltdi`` minus every
 method per seed and pooled, and the verdict); every record also lands under ``--root``
-(``shots<K>/seed<s>/results_<table>.json``, ``shots<K>/summary.json``). Figures: docs/results/sinusoid.md.
+(``shots<K>/seed<s>/results_<table><label>.json``, ``shots<K>/summary<label>.json``; ``--label`` keeps a
+later run of some methods on a finished root from overwriting its records). Figures: docs/results/sinusoid.md.
 
     python benchmarks/quality_sinusoid.py [--root /tmp/ltdi_quality] [--shots 5 10] [--seeds 0 1 2]
-        [--methods ...] [--overrides k=v ...]
+        [--methods ...] [--overrides k=v ...] [--label _bilevel]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> None:
     p.add_argument("--lr-grid", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03])
     p.add_argument("--val-tasks", type=int, default=300, help="validation tasks per step size")
     p.add_argument("--overrides", nargs="*", default=[], help="extra config overrides (key=value)")
+    p.add_argument("--label", default="", help="suffix of the record files (the run directories are shared)")
     args = p.parse_args()
     for shots in args.shots:
         top = f"{args.root}/shots{shots}"
@@ -61,7 +63,7 @@ def main() -> None:
             for table, extra in TABLES.items():
                 methods = args.methods if table == "grid" else [m for m in args.methods if m in OFF_GRID]
                 record = score(base, methods, chosen, extra, ["memorisation"] if table == "grid" else [])
-                with open(os.path.join(run, f"results_{table}.json"), "w") as fh:
+                with open(os.path.join(run, f"results_{table}{args.label}.json"), "w") as fh:
                     json.dump(record, fh, indent=1)
                 per_seed[table].append({m: torch.tensor(v) for m, v in record["per_task"].items()})
                 if table == "grid":  # the generators' own validation scores: what a default is chosen by
@@ -74,7 +76,7 @@ def main() -> None:
                                   "seconds": round(time.time() - tic, 1)}), flush=True)
         summary = {table: over_seeds(rows) for table, rows in per_seed.items()}
         val = {m: sum(v[m] for v in validation) / len(validation) for m in validation[0]}
-        with open(f"{top}/summary.json", "w") as fh:
+        with open(f"{top}/summary{args.label}.json", "w") as fh:
             json.dump({"step_sizes": chosen, "validation": val, **summary}, fh, indent=1)
         for table, s in summary.items():
             print(json.dumps({"task": "sinusoid", "shots": shots, "table": table, "train_seeds": args.seeds,
