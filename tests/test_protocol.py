@@ -12,6 +12,7 @@ from conftest import smoke_config
 from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.evaluation.diagnostics import DIAGNOSTICS
 from ltdi_ray.evaluation.methods import METHODS
+from ltdi_ray.evaluation.protocol import choose_step_sizes
 from ltdi_ray.evaluation.stats import over_seeds
 from ltdi_ray.pipelines.evaluate import evaluation_of, run_evaluate
 from ltdi_ray.pipelines.train import open_dataset
@@ -125,3 +126,9 @@ def test_a_kept_baseline_is_reused_only_for_the_same_inputs_and_checked_on_read(
         evaluate()
     assert "\n" not in str(err.value)
     shutil.rmtree(Path(cfg.storage.uri) / "baselines")
+
+
+def test_choosing_step_sizes_for_methods_without_one_runs_nothing():
+    # the bi-level rows on a finished root (`--methods ltdi bilevel bilevel_time`) have no step size to choose;
+    # the overrides below would fail to compose if an evaluate call were made
+    assert choose_step_sizes(["no.such.key=1"], ["ltdi", "bilevel", "bilevel_time"], [0.1], 10) == {}

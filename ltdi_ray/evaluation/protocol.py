@@ -77,6 +77,8 @@ def choose_step_sizes(base: List[str], methods: List[str], grid: List[float], ta
     """The SGD step size of every method in ``methods`` that has one (``Method.step_keys``), chosen on ``tasks``
     validation episodes from ``grid``: ``{method: {"lr": best, "val": {lr: mean}}}``."""
     stepped = [m for m in methods if METHODS[m].step_keys]
+    if not stepped:  # nothing to choose; an evaluate call with no methods is a config error
+        return {}
     scores: Dict[str, Dict[float, float]] = {m: {} for m in stepped}
     keys = sorted({k for m in stepped for k in METHODS[m].step_keys})
     for lr in grid:
