@@ -54,7 +54,7 @@ def dataset_rows(cfg):
     ds = open_dataset(cfg)
     family = make_family(cfg.task, cfg.storage.endpoint_url)
     theta0 = theta0_of(cfg, family, stored_start(ds.loc, ds.manifest))
-    return family, ds.load(COLUMNS), read_norm_stats(ds.loc), ds.spec, list(ds.manifest["steps"]), theta0
+    return family, ds.load(COLUMNS), read_norm_stats(ds.loc, ds.manifest["norm_stats"]["sha256"]), ds.spec, list(ds.manifest["steps"]), theta0
 
 
 def collected_rows(cfg, num_tasks: int, device: str, batch: int = 4096):

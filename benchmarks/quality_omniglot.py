@@ -29,6 +29,7 @@ import time
 import torch
 
 import ltdi_ray
+from ltdi_ray import jsonline
 from ltdi_ray.evaluation.protocol import choose_step_sizes, generator_validation, score, train_seed
 from ltdi_ray.evaluation.report import format_table
 from ltdi_ray.evaluation.stats import over_seeds
@@ -77,7 +78,7 @@ def main() -> None:
             per_seed.append({m: torch.tensor(v) for m, v in record["per_task"].items()})
             validation.append(generator_validation(base, args.methods))  # what a default is chosen by
             print(format_table(record), file=sys.stderr, flush=True)
-            print(json.dumps({"task": "omniglot", "ways": record["ways"], "shots": shots, "seed": seed,
+            print(jsonline.dumps({"task": "omniglot", "ways": record["ways"], "shots": shots, "seed": seed,
                               "split": record["split"], "eval_seed": record["seed"], "tasks": record["tasks"],
                               "metric": record["metric"], "methods": record["methods"], "settings": record["settings"],
                               "diagnostics": record["diagnostics"], "validation": validation[-1],
@@ -85,14 +86,14 @@ def main() -> None:
                               "seconds": round(time.time() - tic, 1)}), flush=True)
             for ways in args.other_ways:
                 other = score(base, args.methods, chosen, [f"evaluate.ways={ways}"])
-                print(json.dumps({"task": "omniglot", "ways": ways, "shots": shots, "seed": seed,
+                print(jsonline.dumps({"task": "omniglot", "ways": ways, "shots": shots, "seed": seed,
                                   "trained_ways": record["ways"], "tasks": other["tasks"], "metric": other["metric"],
                                   "methods": other["methods"]}), flush=True)
         summary = over_seeds(per_seed, higher_is_better=True)
         val = {m: sum(v[m] for v in validation) / len(validation) for m in validation[0]}
         with open(f"{top}/summary.json", "w") as fh:
-            json.dump({"step_sizes": chosen, "validation": val, **summary}, fh, indent=1)
-        print(json.dumps({"task": "omniglot", "shots": shots, "train_seeds": args.seeds, "overrides": args.overrides,
+            fh.write(jsonline.dumps({"step_sizes": chosen, "validation": val, **summary}, indent=1))
+        print(jsonline.dumps({"task": "omniglot", "shots": shots, "train_seeds": args.seeds, "overrides": args.overrides,
                           "step_sizes": {m: c["lr"] for m, c in chosen.items()}, "validation": val, **summary}),
               flush=True)
 

@@ -29,6 +29,7 @@ import time
 import torch
 
 import ltdi_ray
+from ltdi_ray import jsonline
 from ltdi_ray.evaluation.protocol import choose_step_sizes, generator_validation, score, train_seed
 from ltdi_ray.evaluation.stats import over_seeds
 
@@ -68,7 +69,7 @@ def main() -> None:
                 per_seed[table].append({m: torch.tensor(v) for m, v in record["per_task"].items()})
                 if table == "grid":  # the generators' own validation scores: what a default is chosen by
                     validation.append(generator_validation(base, methods))
-                print(json.dumps({"task": "sinusoid", "shots": shots, "seed": seed, "table": table,
+                print(jsonline.dumps({"task": "sinusoid", "shots": shots, "seed": seed, "table": table,
                                   "split": record["split"], "eval_seed": record["seed"], "tasks": record["tasks"],
                                   "metric": record["metric"], "methods": record["methods"],
                                   "diagnostics": record["diagnostics"], "settings": record["settings"],
@@ -77,9 +78,9 @@ def main() -> None:
         summary = {table: over_seeds(rows) for table, rows in per_seed.items()}
         val = {m: sum(v[m] for v in validation) / len(validation) for m in validation[0]}
         with open(f"{top}/summary{args.label}.json", "w") as fh:
-            json.dump({"step_sizes": chosen, "validation": val, **summary}, fh, indent=1)
+            fh.write(jsonline.dumps({"step_sizes": chosen, "validation": val, **summary}, indent=1))
         for table, s in summary.items():
-            print(json.dumps({"task": "sinusoid", "shots": shots, "table": table, "train_seeds": args.seeds,
+            print(jsonline.dumps({"task": "sinusoid", "shots": shots, "table": table, "train_seeds": args.seeds,
                               "step_sizes": {m: c["lr"] for m, c in chosen.items()}, "validation": val, **s}),
                   flush=True)
 

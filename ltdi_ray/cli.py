@@ -6,11 +6,11 @@ error prints one line naming the culprit and exits with status 2, without a trac
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import List, Optional
 
+from ltdi_ray import jsonline
 from ltdi_ray.errors import LtdiError
 from ltdi_ray.stages import STAGES
 
@@ -37,4 +37,4 @@ def main(argv: Optional[List[str]] = None) -> None:
     except KeyboardInterrupt:
         print("error: interrupted; re-run the same command to resume", file=sys.stderr)
         sys.exit(130)
-    print(json.dumps(summary, sort_keys=False), flush=True)
+    print(jsonline.dumps(summary), flush=True)

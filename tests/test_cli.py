@@ -126,3 +126,13 @@ def test_the_package_carries_its_config_groups(tmp_path):
     shipped = {n.removeprefix("ltdi_ray/conf/") for n in names if n.startswith("ltdi_ray/conf/")}
     packaged = {str(p.relative_to(repo / "ltdi_ray" / "conf")) for p in (repo / "ltdi_ray" / "conf").rglob("*.yaml")}
     assert shipped == packaged and "config.yaml" in shipped and "task/sinusoid.yaml" in shipped
+
+
+def test_a_summary_line_with_a_diverged_score_is_still_strict_json():
+    from ltdi_ray import jsonline
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    line = jsonline.dumps({"methods": {"maml": {"mean": float("nan"), "ci95": float("inf")}}, "lrs": [0.1, -float("inf")]})
+    assert json.loads(line, parse_constant=refuse) == {"methods": {"maml": {"mean": None, "ci95": None}}, "lrs": [0.1, None]}

@@ -44,7 +44,7 @@ def test_collect_local_writes_a_complete_self_describing_dataset(ray_session, tm
     assert rows["task_id"].tolist() == list(range(24))
     assert rows["checkpoints"].shape == (24, 5, 1761) and np.isfinite(rows["checkpoints"]).all()
     assert (rows["split"] == "train").all() and (rows["family"] == "sinusoid").all()
-    stats = read_norm_stats(ds.loc)
+    stats = read_norm_stats(ds.loc, m["norm_stats"]["sha256"])
     targets = rows["checkpoints"][:, 1:].reshape(-1, 1761).astype(np.float64)
     np.testing.assert_allclose(stats["mean"], targets.mean(0), atol=1e-5)
     np.testing.assert_allclose(stats["std"], targets.std(0), atol=1e-4)
@@ -96,6 +96,8 @@ def test_foreign_directory_is_not_touched(ray_session, tmp_path):
     (tmp_path / "trajectories" / DATA_DIR / "somebody_elses.parquet").write_bytes(b"x")
     with pytest.raises(DataError, match="not an ltdi_ray dataset"):
         collect(tmp_path)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing written beside it, and it is untouched
+    assert files == [tmp_path / "trajectories" / DATA_DIR / "somebody_elses.parquet"] and files[0].read_bytes() == b"x"
 
 
 def test_collect_to_s3(ray_session, s3_endpoint, bucket):
@@ -284,3 +286,33 @@ def test_s3_stopping_mid_run_fails_in_bounded_time_and_a_rerun_finishes(ray_sess
         assert rows["task_id"].tolist() == list(range(64))
     finally:
         server.stop()
+
+
+def test_a_claim_without_data_gives_way_to_the_corrected_command_and_one_with_data_does_not(tmp_path):
+    """A run that failed before writing a data file (absurd sizes, out of memory) must not lock its
+    directory against the corrected command; once a data file exists, another config is refused."""
+    from ltdi_ray.pipelines.collect import _claim
+
+    loc = Location.parse(str(tmp_path / "trajectories"))
+    _claim(loc, load_config([*SMOKE, f"storage.uri={tmp_path}", "trajectory.lr=0.5"]))  # the failed run's claim
+    loc.write_atomic(START, b"the failed run's start")
+    corrected = load_config([*SMOKE, f"storage.uri={tmp_path}"])
+    _claim(loc, corrected)
+    assert json.loads(loc.read_bytes("_collect.json"))["fingerprint"]["trajectory"]["lr"] == 0.01
+    assert not loc.exists(START)  # made under the failed run's config: not reused
+    loc.child(DATA_DIR).write_atomic("part-000000000-000008-00000000.parquet", b"rows")
+    with pytest.raises(ConfigError, match=r"collected with another config \(trajectory.lr"):
+        _claim(loc, load_config([*SMOKE, f"storage.uri={tmp_path}", "trajectory.lr=0.5"]))
+
+
+def test_normalisation_statistics_are_checked_against_the_manifest(tmp_path):
+    from ltdi_ray.storage.artifact import write_norm_stats
+
+    loc = Location.parse(str(tmp_path))
+    sha = write_norm_stats(loc, np.zeros(4, np.float32), np.ones(4, np.float32))
+    assert read_norm_stats(loc, sha)["std"].tolist() == [1, 1, 1, 1]
+    with pytest.raises(DataError, match=r"_norm_stats.safetensors fail the manifest's checksum"):
+        read_norm_stats(loc, "0" * 64)
+    sha = write_norm_stats(loc, np.full(4, np.nan, np.float32), np.ones(4, np.float32))
+    with pytest.raises(DataError, match=r"must hold finite 'mean' and 'std'"):
+        read_norm_stats(loc, sha)

@@ -1,9 +1,11 @@
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ltdi_ray.config import load_config
-from ltdi_ray.config.compose import overrides_from_argv
+from ltdi_ray.config.compose import dotted, overrides_from_argv, to_plain
 from ltdi_ray.config.schema import loss_term_weight
 from ltdi_ray.errors import ConfigError
 from ltdi_ray.tasks.omniglot import OmniglotConfig
@@ -201,3 +203,13 @@ def test_a_family_named_by_import_path_gets_its_own_schema_and_one_line_errors(m
         with pytest.raises(ConfigError) as err:
             load_config(overrides)
         assert needle in str(err.value) and "\n" not in str(err.value), (overrides, str(err.value))
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "nan"])
+def test_every_float_key_refuses_a_non_finite_value_naming_the_key(bad):
+    floats = [k for k, v in dotted(to_plain(load_config([]))).items() if isinstance(v, float)]
+    assert len(floats) >= 20
+    for key in floats:
+        with pytest.raises(ConfigError, match=rf"^config key '{re.escape(key)}': .*{bad.lstrip('-')}") as err:
+            load_config([f"{key}={bad}"])
+        assert "\n" not in str(err.value)

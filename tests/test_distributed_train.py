@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ltdi_ray.config import load_config
-from ltdi_ray.generator.checkpoint import MODEL, read_meta, read_tensors
+from ltdi_ray.generator.checkpoint import read_meta, read_tensors
 from ltdi_ray.pipelines.collect import run_collect
 from ltdi_ray.pipelines.train import run_name, run_train
 from ltdi_ray.storage.fs import Location
@@ -39,7 +39,8 @@ def fresh_run(dataset: Path, tmp_path: Path, name: str) -> Path:
 
 
 def weights(summary):
-    return read_tensors(Location.parse(summary["generator_uri"]), MODEL)
+    loc = Location.parse(summary["generator_uri"])
+    return read_tensors(loc, read_meta(loc), "model")
 
 
 def assert_same_generator(a, b):

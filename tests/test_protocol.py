@@ -89,6 +89,15 @@ def test_a_test_time_task_change_is_limited_to_the_familys_eval_keys(trained):
         evaluation_of(smoke_config(cfg.storage.uri, "+evaluate.task.shots=10"))
 
 
+def test_task_keys_that_contradict_the_generator_are_named_and_the_generators_are_used(trained, caplog):
+    cfg, _ = trained
+    with caplog.at_level("WARNING", logger="ltdi_ray"):
+        ev = evaluation_of(smoke_config(cfg.storage.uri, "task.shots=7"))
+    shots = ev.gen.cfg.task.shots
+    assert f"the generator's task config is used, not this command's (task.shots: {shots} -> 7)" in caplog.text
+    assert ev.episodes["support_idx"].shape[1] == shots != 7
+
+
 def test_over_seeds_calls_a_win_only_on_every_seed_or_a_pooled_interval_excluding_zero():
     base = torch.linspace(1, 2, 50)
     rows = [{"ltdi": base - 0.1, "a": base, "b": base + torch.tensor(0.2 if s else -0.2), "c": base.clone()}

@@ -1,6 +1,8 @@
 """train -> load_generator -> evaluate on a real local Ray, locally and on S3 (moto server)."""
 
+import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -29,11 +31,13 @@ def test_train_publishes_a_complete_tensor_only_checkpoint(trained):
     cfg, summary = trained
     assert summary["epochs"] == 2 and summary["workers"] == 1 and np.isfinite(summary["val_metric"])
     loc = Location.parse(summary["generator_uri"])
-    assert sorted(loc.list()) == ["generator.json", "model.safetensors", "stats.safetensors", "train_state.pt"]
     meta = json.loads(loc.read_bytes(META))
+    assert sorted(loc.list()) == sorted(["generator.json", *(f["path"] for f in meta["files"].values())])
+    assert [re.sub("-[0-9a-f]{16}", "", f["path"]) for f in meta["files"].values()] == \
+        ["model.safetensors", "stats.safetensors", "train_state.pt"]
     assert meta["param_spec"]["dim"] == 1761 and meta["target_indices"] == [0, 1, 3, 4]  # bridge k=3 over 0,5,..,20
     assert meta["config"]["diffusion"]["segments"] == 3 and meta["num_train_tasks"] == 32
-    state = read_train_state(loc)  # loads with weights_only=True
+    state = read_train_state(loc, meta)  # loads with weights_only=True
     assert state["epoch"] == 1 and "state" in state["optimizer"]
     stored, _ = read_stored(Location.parse(cfg.storage.uri).child("trajectories"))
     assert torch.equal(ltdi_ray.load_generator(str(loc)).theta0.shared, stored)  # chains start where the trajectories did
@@ -125,13 +129,46 @@ def _copy(src: Location, dst: Location) -> Location:
     return dst
 
 
+def _replace(loc: Location, part: str, data: bytes) -> None:
+    """Rewrite checkpoint file ``part`` and its checksum in ``generator.json``: a file that matches its record."""
+    meta = json.loads(loc.read_bytes(META))
+    loc.write_atomic(meta["files"][part]["path"], data)
+    meta["files"][part]["sha256"] = hashlib.sha256(data).hexdigest()
+    loc.write_atomic(META, json.dumps(meta).encode())
+
+
+def test_a_checkpoint_file_that_fails_its_checksum_or_holds_nan_is_refused_naming_it(trained, tmp_path):
+    from safetensors.torch import save
+
+    src = Location.parse(trained[1]["generator_uri"])
+    flipped = _copy(src, Location.parse(str(tmp_path / "flipped")))
+    name = json.loads(flipped.read_bytes(META))["files"]["model"]["path"]
+    data = bytearray(flipped.read_bytes(name))
+    data[-1] ^= 1
+    flipped.write_atomic(name, bytes(data))
+    with pytest.raises(DataError, match=rf"flipped/{name} fails the checksum generator.json records for it"):
+        ltdi_ray.load_generator(str(flipped))
+    nan = _copy(src, Location.parse(str(tmp_path / "nan")))
+    stats = _tensors_of(nan, "stats")
+    stats["std"][3] = float("nan")
+    _replace(nan, "stats", save(stats))
+    with pytest.raises(DataError, match=r"nan/stats-[0-9a-f]{16}.safetensors holds non-finite values in std"):
+        ltdi_ray.load_generator(str(nan))
+
+
+def _tensors_of(loc: Location, part: str) -> dict:
+    from safetensors.torch import load
+
+    return load(loc.read_bytes(json.loads(loc.read_bytes(META))["files"][part]["path"]))
+
+
 def test_a_checkpoint_that_does_not_fit_its_record_fails_naming_the_file(trained, tmp_path):
     from safetensors.torch import save
 
     src = Location.parse(trained[1]["generator_uri"])
     stats = _copy(src, Location.parse(str(tmp_path / "stats")))
-    stats.write_atomic("stats.safetensors", save({"mean": torch.zeros(99), "std": torch.ones(99), "theta0": torch.zeros(99)}))
-    with pytest.raises(DataError, match="stats.safetensors holds statistics for another ParamSpec"):
+    _replace(stats, "stats", save({"mean": torch.zeros(99), "std": torch.ones(99), "theta0": torch.zeros(99)}))
+    with pytest.raises(DataError, match=r"stats-[0-9a-f]{16}.safetensors holds statistics for another ParamSpec"):
         ltdi_ray.load_generator(str(stats))
     # a record whose ParamSpec is another network's (the base net 1-20-20-1): the weights do not fit it
     spec = _copy(src, Location.parse(str(tmp_path / "spec")))
@@ -139,7 +176,7 @@ def test_a_checkpoint_that_does_not_fit_its_record_fails_naming_the_file(trained
     meta["param_spec"] = {"names": meta["param_spec"]["names"],
                           "shapes": [[min(n, 20) for n in shape] for shape in meta["param_spec"]["shapes"]]}
     spec.write_atomic(META, json.dumps(meta).encode())
-    with pytest.raises(DataError, match="model.safetensors does not fit the generator its config describes"):
+    with pytest.raises(DataError, match=r"model-[0-9a-f]{16}.safetensors does not fit the generator its config describes"):
         ltdi_ray.load_generator(str(spec))
     # a record of another family (Omniglot heads) over sinusoid weights
     family = _copy(src, Location.parse(str(tmp_path / "family")))
@@ -156,7 +193,7 @@ def test_a_checkpoint_of_the_config_layout_before_task_families_is_refused_by_it
     old = _copy(Location.parse(trained[1]["generator_uri"]), Location.parse(str(tmp_path / "old")))
     meta = json.loads(old.read_bytes(META))
     old.write_atomic(META, json.dumps({**meta, "format_version": 1}).encode())
-    with pytest.raises(DataError, match=r"generator.json is not a ltdi_ray.generator v2 checkpoint"):
+    with pytest.raises(DataError, match=r"generator.json is not a ltdi_ray.generator v3 checkpoint"):
         ltdi_ray.load_generator(str(old))
 
 

@@ -87,9 +87,14 @@ def test_no_trial_carries_the_drivers_credentials_into_rays_logs(sweep, ray_sess
 
 def test_rerunning_the_sweep_resumes_it_instead_of_starting_over(sweep, capsys):
     cfg, first = sweep
+    before = json.loads(Path(first["table"]).read_text())["trials"]
+    runs = Path(first["uri"]) / "runs"
+    trainer_runs = sorted(p.name for p in runs.iterdir())
     again = run_tune(cfg)  # the experiment state is on storage: the finished trials are not run again
-    assert again["trials"] == 4 and again["best_metric"] == first["best_metric"]
-    assert again["seconds"] < first["seconds"]
+    after = json.loads(Path(again["table"]).read_text())["trials"]
+    # the same trials (a fresh sweep draws new trial ids), with the same histories, and no Train run started
+    assert [(t["trial"], t["history"]) for t in after] == [(t["trial"], t["history"]) for t in before]
+    assert sorted(p.name for p in runs.iterdir()) == trainer_runs and len(trainer_runs) == 4
 
 
 def test_an_empty_or_unknown_space_is_one_line(tmp_path, capsys):

@@ -8,6 +8,8 @@ no output directory, no chdir, and it can be called from tests and Ray workers a
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -86,7 +88,7 @@ def compose_dict(overrides: Sequence[str] = ()) -> DictConfig:
 def to_config(cfg: DictConfig) -> Config:
     """Resolve interpolations and instantiate the dataclasses, running every invariant check."""
     try:
-        return OmegaConf.to_object(cfg)
+        return _finite(OmegaConf.to_object(cfg))
     except ConfigError:
         raise
     except OmegaConfBaseException as err:
@@ -94,6 +96,22 @@ def to_config(cfg: DictConfig) -> Config:
         if cause is not None:
             raise cause from None
         raise ConfigError(_one_line(err)) from None
+
+
+def _finite(node, key: str = ""):
+    """``node``, after refusing any inf or NaN among its numbers (no key of the schema means an infinity)."""
+    if dataclasses.is_dataclass(node):
+        for field in dataclasses.fields(node):
+            _finite(getattr(node, field.name), f"{key}.{field.name}" if key else field.name)
+    elif isinstance(node, dict):
+        for name, value in node.items():
+            _finite(value, f"{key}.{name}")
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _finite(value, key)
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config key '{key}': must be a finite number, got {node}")
+    return node
 
 
 def _value(v) -> str:

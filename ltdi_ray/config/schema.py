@@ -106,6 +106,8 @@ class StorageConfig:
 
     uri: str = "./ltdi_runs/${family_name:${task.family}}"
     endpoint_url: Optional[str] = None  # S3-compatible endpoint (MinIO, Ceph, ...); None = AWS or AWS_ENDPOINT_URL
+    # S3 only: a writer's lease not renewed for this long belongs to a dead owner on another host (storage/lease.py)
+    lease_ttl_s: float = 120.0
 
     def __post_init__(self) -> None:
         check(bool(self.uri), "storage.uri", "must not be empty")
@@ -113,6 +115,7 @@ class StorageConfig:
         check(scheme in ("file", "s3"), "storage.uri", f"scheme must be a local path, file:// or s3://, got {scheme}://")
         check(".." not in self.uri.split("/"), "storage.uri", f"must not contain '..' segments, got {self.uri!r}")
         self.uri = absolute(self.uri)
+        check(self.lease_ttl_s >= 1, "storage.lease_ttl_s", f"must be at least 1 second, got {self.lease_ttl_s}")
         if self.endpoint_url is not None:
             check(self.endpoint_url.startswith(("http://", "https://")), "storage.endpoint_url",
                   f"must start with http:// or https://, got {self.endpoint_url!r}")

@@ -18,7 +18,7 @@ from ltdi_ray.base_nets.paramspec import ParamSpec
 from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.build import DataFacts, build_diffusion, build_model, chain_starts
-from ltdi_ray.generator.checkpoint import MODEL, STATS, read_meta, read_tensors
+from ltdi_ray.generator.checkpoint import read_meta, read_tensors
 from ltdi_ray.generator.normalizer import WeightNormalizer
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.tasks import TaskFamily, make_family
@@ -206,13 +206,14 @@ def load_generator(uri: str, endpoint_url: Optional[str] = None, device: str = "
     facts = DataFacts(dim=spec.dim, checkpoint_steps=list(meta["checkpoint_steps"]))
     family = make_family(cfg.task, cfg.storage.endpoint_url)
     model = build_model(cfg, family, facts)
+    name = lambda part: loc.child(meta["files"][part]["path"])  # noqa: E731
     try:
-        model.load_state_dict(read_tensors(loc, MODEL))
+        model.load_state_dict(read_tensors(loc, meta, "model"))
     except RuntimeError as err:
-        raise DataError(f"{loc.child(MODEL)} does not fit the generator its config describes: "
+        raise DataError(f"{name('model')} does not fit the generator its config describes: "
                         f"{str(err).splitlines()[0]}") from None
-    stats = read_tensors(loc, STATS)
-    if stats["mean"].shape != (spec.dim,) or stats["theta0"].shape != (spec.dim,):
-        raise DataError(f"{loc.child(STATS)} holds statistics for another ParamSpec (D={spec.dim} expected)")
+    stats = read_tensors(loc, meta, "stats")
+    if any(k not in stats or stats[k].shape != (spec.dim,) for k in ("mean", "std", "theta0")):
+        raise DataError(f"{name('stats')} holds statistics for another ParamSpec (mean, std, theta0 of D={spec.dim})")
     norm = WeightNormalizer(stats["mean"], stats["std"])  # as trained: the family's normaliser made them
     return WeightGenerator(cfg, spec, facts, model, norm, stats["theta0"], meta).to(device)

@@ -28,6 +28,7 @@ from ltdi_ray.storage.artifact import (
     FORMAT_VERSION,
     INTENT,
     MANIFEST,
+    MANIFEST_KEYS,
     PartSummary,
     arrays_to_table,
     merge_stats,
@@ -38,8 +39,10 @@ from ltdi_ray.storage.artifact import (
     write_norm_stats,
 )
 from ltdi_ray.storage.fs import Location
+from ltdi_ray.storage.lease import Lease, writer_lease
 from ltdi_ray.tasks import make_family
 from ltdi_ray.trajectories.batch import TrajectoryBatcher
+from ltdi_ray.trajectories.theta0 import FILE as START_FILE
 from ltdi_ray.trajectories.theta0 import ensure_stored, theta0_of
 
 log = logging.getLogger("ltdi_ray")
@@ -83,13 +86,18 @@ def fingerprint(cfg: Config) -> dict:
 
 
 def _claim(loc: Location, cfg: Config) -> None:
-    """Record this collection's config, or refuse to mix with a dataset made under another one."""
+    """Record this collection's config, or refuse to mix with a dataset made under another one. A claim with
+    no data file yet (a run that failed before writing one: absurd sizes, out of memory) holds nothing to mix
+    with, so the corrected command replaces it."""
     want = {"fingerprint": fingerprint(cfg), "num_tasks": cfg.collect.num_tasks}
-    have = read_json(loc, INTENT)
-    if have is None:
-        if loc.list(DATA_DIR):
+    have = read_json(loc, INTENT, ("fingerprint", "num_tasks"))
+    has_data = any(name.startswith("part-") for name in loc.list(DATA_DIR))
+    if have is None or not has_data:
+        if have is None and loc.list(DATA_DIR):
             raise DataError(f"{loc.child(DATA_DIR)} holds files but no {INTENT}: not an ltdi_ray dataset; "
                             "choose another storage.uri")
+        if have is not None and have.get("fingerprint") != want["fingerprint"] and loc.exists(START_FILE):
+            loc.remove(START_FILE)  # the failed run's theta_0 was made under its config
         write_json(loc, INTENT, want)
         return
     changes = config_changes(have["fingerprint"], want["fingerprint"])
@@ -197,13 +205,19 @@ def run_collect(cfg: Config) -> dict:
     loc = root.child("trajectories")
     family = make_family(cfg.task, cfg.storage.endpoint_url)  # bad data roots fail here, before Ray starts
     spec = ParamSpec.from_module(family.build_net())
+    with writer_lease(root, "trajectories", "collect", cfg.storage.lease_ttl_s) as lease:
+        return {"stage": "collect", "uri": str(loc), "family": cfg.task.family, "split": cfg.collect.split,
+                **_collect(cfg, loc, family, spec, lease), "dim": spec.dim, "seconds": round(time.time() - tic, 2)}
+
+
+def _collect(cfg: Config, loc: Location, family, spec: ParamSpec, lease: Lease) -> dict:
+    """The body of :func:`run_collect`, run by the holder of the dataset's write lease."""
     _claim(loc, cfg)
-    summary = {"stage": "collect", "uri": str(loc), "family": cfg.task.family, "split": cfg.collect.split}
-    manifest = read_json(loc, MANIFEST)
+    manifest = read_json(loc, MANIFEST, MANIFEST_KEYS)
     if manifest is not None and manifest["num_tasks"] == cfg.collect.num_tasks:
         log.info("collect: %s is complete (%d tasks); nothing to do", loc, manifest["num_tasks"])
-        return {**summary, "tasks": manifest["num_tasks"], "new_tasks": 0, "files": manifest["num_files"],
-                "dim": spec.dim, "checkpoints": manifest["num_checkpoints"], "seconds": round(time.time() - tic, 2)}
+        return {"tasks": manifest["num_tasks"], "new_tasks": 0, "files": manifest["num_files"],
+                "checkpoints": manifest["num_checkpoints"]}
     if manifest is not None:  # extending to more tasks: not complete until the new manifest lands
         loc.remove(MANIFEST)
     existing = _scan_existing(loc)
@@ -212,12 +226,12 @@ def run_collect(cfg: Config) -> dict:
     log.info("collect: %s has %d of %d tasks", loc, cfg.collect.num_tasks - len(missing), cfg.collect.num_tasks)
     theta0, start_entry = ensure_stored(cfg, loc, family)  # before the first trajectory; a re-run reads it back
     new = _collect_missing(cfg, loc, missing, None if theta0 is None else theta0.numpy()) if len(missing) else []
+    lease.check()
     manifest = _finalise(loc, cfg, existing + new, spec, family.describe(), row_schema(cfg, family, spec),
                          start_entry)
     log.info("collect: wrote %s (%d files, D=%d)", loc.child(MANIFEST), len(manifest["files"]), spec.dim)
-    return {**summary, "tasks": manifest["num_tasks"], "new_tasks": int(sum(p.rows for p in new)),
-            "files": manifest["num_files"], "dim": spec.dim, "checkpoints": manifest["num_checkpoints"],
-            "seconds": round(time.time() - tic, 2)}
+    return {"tasks": manifest["num_tasks"], "new_tasks": int(sum(p.rows for p in new)),
+            "files": manifest["num_files"], "checkpoints": manifest["num_checkpoints"]}
 
 
 def row_schema(cfg: Config, family, spec: ParamSpec) -> dict:

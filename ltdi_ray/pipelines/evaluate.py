@@ -15,6 +15,7 @@ from typing import Dict
 
 import torch
 
+from ltdi_ray.config.compose import config_changes, to_plain
 from ltdi_ray.config.schema import Config
 from ltdi_ray.errors import ConfigError
 from ltdi_ray.evaluation.background import finish
@@ -25,6 +26,7 @@ from ltdi_ray.generator.api import load_generator
 from ltdi_ray.pipelines.prepare import prepare
 from ltdi_ray.progress import progress
 from ltdi_ray.storage.fs import Location
+from ltdi_ray.storage.lease import Lease, writer_lease
 from ltdi_ray.tasks.episodes import support_of
 
 log = logging.getLogger("ltdi_ray")
@@ -39,6 +41,10 @@ def evaluation_of(cfg: Config) -> Evaluation:
     if e.split == trained.split:
         raise ConfigError(f"evaluate.split={e.split}: the generator at {where} was trained on {trained.split} tasks "
                           f"(collect.seed={trained.seed}); score tasks it never saw (evaluate.split=val or test)")
+    ignored = config_changes(to_plain(gen.cfg.task), to_plain(cfg.task), "task.")
+    if ignored:  # the tasks a generator scores are the ones it was trained for; test-time changes: evaluate.task
+        log.warning("evaluate: the generator's task config is used, not this command's (%s); change test episodes "
+                    "with evaluate.task.<key>", "; ".join(ignored[:3]))
     view = gen.view(e.ways)
     tasks = view.family.for_evaluation(dict(e.task))
     episodes = tasks.sample_many(e.split, range(e.num_tasks), e.seed)
@@ -64,8 +70,14 @@ def run_evaluate(cfg: Config) -> dict:
     torch.manual_seed(cfg.train.seed)
     cfg = prepare(cfg)
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
+    ev = evaluation_of(cfg)  # reads only: a missing or mismatched generator fails before the lease is taken
+    with writer_lease(root, "results", "evaluate", cfg.storage.lease_ttl_s) as lease:
+        return _evaluate(cfg, root, ev, lease)
+
+
+def _evaluate(cfg: Config, root: Location, ev: Evaluation, lease: Lease) -> dict:
+    """The body of :func:`run_evaluate`, run by the holder of the results' write lease."""
     gen_loc = root.child("generator")
-    ev = evaluation_of(cfg)
     gen, family, e = ev.gen, ev.view.family, cfg.evaluate
     chosen = []
     for name in e.methods:
@@ -103,6 +115,7 @@ def run_evaluate(cfg: Config) -> dict:
               "generator": {k: gen.meta["config"][k] for k in ("diffusion", "train")}}
     record = make_record(header, per_task, seconds, ev.settings)
     record["diagnostics"] = {name: DIAGNOSTICS[name](ev, weights) for name in e.diagnostics}
+    lease.check()
     root.write_atomic("results.json", json.dumps(record, indent=1).encode())
     print(format_table(record), flush=True)
     return {"stage": "evaluate", "uri": str(root.child("results.json")), "generator_uri": str(gen_loc),

@@ -29,6 +29,7 @@ from ltdi_ray.progress import watched
 from ltdi_ray.storage.artifact import read_norm_stats
 from ltdi_ray.storage.dataset import TrajectoryDataset
 from ltdi_ray.storage.fs import Location
+from ltdi_ray.storage.lease import Lease, writer_lease
 from ltdi_ray.trajectories.theta0 import stored_start
 
 log = logging.getLogger("ltdi_ray")
@@ -120,7 +121,7 @@ def prepare_training(cfg: Config) -> Tuple[Location, dict, dict]:
     root.check_reachable()
     ds = open_dataset(cfg)
     indices = build_diffusion(cfg).checkpoint_indices(ds.manifest["steps"])
-    stats = read_norm_stats(ds.loc)
+    stats = read_norm_stats(ds.loc, ds.manifest["norm_stats"]["sha256"])
     ensure_ray(cfg.ray, cfg.verbose)
     stored = stored_start(ds.loc, ds.manifest)
     loop_config = {"cfg": to_plain(cfg), "mean": stats["mean"], "std": stats["std"], "indices": indices,
@@ -155,13 +156,19 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     Returns ``{"stage", "uri", "generator_uri", "workers", "epochs", "val_metric", "tasks_per_s",
     "allreduce_s_per_step", "compute_s_per_step", "seconds"}`` (the last epoch's figures).
     """
-    from ltdi_ray.pipelines.runtime import user_errors_from_ray
-
     tic = time.time()
     cfg = prepare(cfg)
-    t = cfg.train
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     root.check_reachable()
+    with writer_lease(root, name, "train", cfg.storage.lease_ttl_s) as lease:
+        return _train(cfg, root, name, lease, tic)
+
+
+def _train(cfg: Config, root: Location, name: str, lease: Lease, tic: float) -> dict:
+    """The body of :func:`run_train`, run by the holder of the generator's write lease."""
+    from ltdi_ray.pipelines.runtime import user_errors_from_ray
+
+    t = cfg.train
     name_of_run = fresh_name(cfg, root)
     meta = finished(root.child(name), name_of_run, t.epochs)
     if meta is not None:  # published by this run's last epoch: nothing to train, skip reading the shards
@@ -177,6 +184,7 @@ def run_train(cfg: Config, name: str = "generator") -> dict:
     if result.checkpoint is None:
         raise DataError(f"training under {root.child('train', name_of_run)} reported no checkpoint")
     published = root.child(name)
+    lease.check()
     copy_checkpoint(checkpoint_location(result.checkpoint, root), published)
     return summary(root, name, name_of_run, read_meta(published), tic)
 

@@ -15,7 +15,7 @@ from ltdi_ray.config.compose import config_from_plain
 from ltdi_ray.errors import DataError
 from ltdi_ray.generator.api import WeightGenerator
 from ltdi_ray.generator.build import DataFacts, build_trainer, make_normalizer
-from ltdi_ray.generator.checkpoint import MODEL, read_meta, read_tensors, read_train_state, write_checkpoint
+from ltdi_ray.generator.checkpoint import read_meta, read_tensors, read_train_state, write_checkpoint
 from ltdi_ray.generator.normalizer import WeightNormalizer
 from ltdi_ray.meta.trainer import TaskStore, shard_range
 from ltdi_ray.storage.fs import Location
@@ -104,9 +104,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            model.load_state_dict(read_tensors(Location.parse(d), MODEL))
-            state = read_train_state(Location.parse(d))
-            history = read_meta(Location.parse(d)).get("history", [])
+            loc = Location.parse(d)
+            last = read_meta(loc)
+            model.load_state_dict(read_tensors(loc, last, "model"))
+            state, history = read_train_state(loc, last), last.get("history", [])
         trainer.opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
     val = family.sample_many("val", range(t.val_tasks), cfg.collect.seed)

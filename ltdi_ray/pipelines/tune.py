@@ -23,6 +23,7 @@ from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.pipelines.prepare import prepare
 from ltdi_ray.pipelines.train import make_trainer, open_dataset, prepare_training, storage_path
 from ltdi_ray.storage.fs import Location
+from ltdi_ray.storage.lease import writer_lease
 from ltdi_ray.tasks import family_class
 
 log = logging.getLogger("ltdi_ray")
@@ -141,18 +142,24 @@ def run_tune(cfg: Config) -> dict:
 
     Returns ``{"stage", "uri", "trials", "best_metric", "best_config", "best_params", "table", "plots", "seconds"}``.
     """
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
-    from ltdi_ray.pipelines.tune_report import write_report
-
     tic = time.time()
     cfg = prepare(cfg)
     params = check_space(cfg)
     root = Location.parse(cfg.storage.uri, cfg.storage.endpoint_url)
     root.check_reachable()
     open_dataset(cfg)  # fail here, not in every trial, when the dataset is missing or was collected otherwise
+    with writer_lease(root, f"tune/{cfg.tune.name}", "tune", cfg.storage.lease_ttl_s):
+        return _sweep(cfg, root, params, tic)
+
+
+def _sweep(cfg: Config, root: Location, params: dict, tic: float) -> dict:
+    """The body of :func:`run_tune`, run by the holder of the sweep's write lease."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
+    from ltdi_ray.pipelines.tune_report import write_report
+
     mode = "max" if family_class(cfg.task.family).higher_is_better else "min"
     ensure_ray(cfg.ray, cfg.verbose)
     keep_credentials_out_of_trial_envs()

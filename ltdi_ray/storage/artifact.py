@@ -29,6 +29,8 @@ from ltdi_ray.storage.fs import Location
 FORMAT = "ltdi_ray.trajectories"
 FORMAT_VERSION = 1
 MANIFEST, INTENT, NORM_STATS, DATA_DIR = "_manifest.json", "_collect.json", "_norm_stats.safetensors", "data"
+MANIFEST_KEYS = ("format", "format_version", "num_tasks", "num_files", "param_spec", "num_checkpoints", "steps",
+                 "theta0", "config", "schema", "norm_stats", "files")  # every key readers use
 
 ColumnSchema = Dict[str, dict]  # name -> {"dtype": str, "shape": [per-row shape]}
 
@@ -131,16 +133,28 @@ def write_json(loc: Location, name: str, obj: dict) -> None:
     loc.write_atomic(name, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
-def read_json(loc: Location, name: str) -> Optional[dict]:
-    """The JSON document ``name`` under ``loc``, or None when absent."""
+def read_json(loc: Location, name: str, required: Tuple[str, ...] = ()) -> Optional[dict]:
+    """The JSON object ``name`` under ``loc``, or None when absent; one that is not an object holding the
+    ``required`` keys (malformed, or another tool's file of that name) is a :class:`DataError` naming it."""
     try:
         raw = loc.read_bytes(name)
     except FileNotFoundError:
         return None
     try:
-        return json.loads(raw)
+        record = json.loads(raw)
     except ValueError as err:
         raise DataError(f"{loc.child(name)} is not valid JSON: {err}") from None
+    check_record(record, required, loc.child(name))
+    return record
+
+
+def check_record(record, required: Tuple[str, ...], where) -> None:
+    """Refuse a JSON record that is not an object with the ``required`` keys, naming ``where`` it came from."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where} is not an ltdi_ray record: a JSON {type(record).__name__}, not an object")
+    missing = [k for k in required if k not in record]
+    if missing:
+        raise DataError(f"{where} is not an ltdi_ray record of this kind: it lacks {', '.join(missing)}")
 
 
 def merge_stats(parts: List[PartSummary]) -> Tuple[np.ndarray, np.ndarray, int]:
@@ -165,10 +179,22 @@ def write_norm_stats(loc: Location, mean: np.ndarray, std: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_norm_stats(loc: Location) -> Dict[str, np.ndarray]:
+def read_norm_stats(loc: Location, expect_sha256: str) -> Dict[str, np.ndarray]:
+    """The statistics the manifest names (``expect_sha256``: its checksum of them), checked finite (a zero std
+    is fine: the normaliser floors it)."""
     from safetensors.numpy import load
 
+    where = loc.child(NORM_STATS)
     try:
-        return load(loc.read_bytes(NORM_STATS))
+        data = loc.read_bytes(NORM_STATS)
     except FileNotFoundError:
-        raise DataError(f"normalisation statistics {loc.child(NORM_STATS)} are missing") from None
+        raise DataError(f"normalisation statistics {where} are missing") from None
+    if hashlib.sha256(data).hexdigest() != expect_sha256:
+        raise DataError(f"normalisation statistics {where} fail the manifest's checksum (sha256 {expect_sha256[:12]}...)")
+    try:
+        stats = load(data)
+    except Exception as err:  # safetensors raises its own types for a corrupt header
+        raise DataError(f"normalisation statistics {where} are not readable safetensors: {err}") from None
+    if set(stats) != {"mean", "std"} or not all(np.isfinite(v).all() for v in stats.values()):
+        raise DataError(f"normalisation statistics {where} must hold finite 'mean' and 'std', got {sorted(stats)}")
+    return stats

@@ -9,7 +9,17 @@ import numpy as np
 
 from ltdi_ray.base_nets.paramspec import ParamSpec
 from ltdi_ray.errors import DataError
-from ltdi_ray.storage.artifact import DATA_DIR, FORMAT, FORMAT_VERSION, MANIFEST, read_json, read_part, table_to_arrays
+from ltdi_ray.storage.artifact import (
+    DATA_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MANIFEST_KEYS,
+    check_record,
+    read_json,
+    read_part,
+    table_to_arrays,
+)
 from ltdi_ray.storage.fs import Location
 
 
@@ -31,6 +41,7 @@ class TrajectoryDataset:
                             "(collection unfinished? re-run the same collect command to complete it)")
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
             raise DataError(f"{loc.child(MANIFEST)} is not a {FORMAT} v{FORMAT_VERSION} manifest")
+        check_record(manifest, MANIFEST_KEYS, loc.child(MANIFEST))
         return cls(loc, manifest)
 
     @property

@@ -7,6 +7,7 @@ nothing here accepts, stores or prints a key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
-from ltdi_ray.errors import StorageError
+from ltdi_ray.errors import LtdiError, StorageError
 
 # Fail fast on a dead endpoint instead of botocore's default minutes of retries.
 _S3_CONFIG = {"connect_timeout": 5, "read_timeout": 120, "retries": {"max_attempts": 4, "mode": "standard"}}
@@ -133,13 +134,22 @@ class Location:
             self._call(lambda: self.fs.pipe_file(target.path, data), f"writing {target}")
             return
         directory, base = os.path.split(target.path)
-        os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{base}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target.path)
+
+        def write() -> None:
+            os.makedirs(directory, exist_ok=True)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target.path)
+            except BaseException:  # a full disk, a kill signal: leave no half-written temporary file behind
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
+
+        self._call(write, f"writing {target}")
 
     def list(self, subdir: str = "") -> list:
         """Names of the files directly under ``subdir`` (empty when it does not exist)."""
@@ -159,12 +169,12 @@ class Location:
     def _call(self, fn, what: str):
         try:
             return fn()
-        except FileNotFoundError:
+        except (FileNotFoundError, LtdiError):
             raise
         except PermissionError as err:
             raise StorageError(f"{what}: access denied: {err}") from None
-        except OSError as err:
-            raise StorageError(f"{what}: {type(err).__name__}: {err}") from None
+        except OSError as err:  # a full disk, a read-only file system, a path through a file: the cause, one line
+            raise StorageError(f"{what}: {err.strerror or err}") from None
         except Exception as err:  # botocore's own types (EndpointConnectionError, ...) after its bounded retries
             if not self.is_s3:
                 raise
