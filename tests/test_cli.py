@@ -136,3 +136,11 @@ def test_a_summary_line_with_a_diverged_score_is_still_strict_json():
 
     line = jsonline.dumps({"methods": {"maml": {"mean": float("nan"), "ci95": float("inf")}}, "lrs": [0.1, -float("inf")]})
     assert json.loads(line, parse_constant=refuse) == {"methods": {"maml": {"mean": None, "ci95": None}}, "lrs": [0.1, None]}
+
+
+def test_a_batch_larger_than_the_machine_is_refused_before_anything_is_written(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ltdi_ray", "collect", "experiment=smoke", f"storage.uri={tmp_path / 'run'}",
+                          "collect.num_tasks=1000000000", "collect.batch_size=100000000"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: config key 'collect.batch_size': one batch of 100000000 trajectories")
+    assert not (tmp_path / "run").exists()  # no claim that would refuse the corrected command

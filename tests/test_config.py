@@ -213,3 +213,30 @@ def test_every_float_key_refuses_a_non_finite_value_naming_the_key(bad):
         with pytest.raises(ConfigError, match=rf"^config key '{re.escape(key)}': .*{bad.lstrip('-')}") as err:
             load_config([f"{key}={bad}"])
         assert "\n" not in str(err.value)
+
+
+_KEYS = sorted(dotted(to_plain(load_config([]))))
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
+                    st.text(st.characters(codec="ascii", exclude_characters="\n\r\x00"), max_size=12),
+                    st.lists(st.integers(-5, 50), max_size=4), st.sampled_from(["s3://b/x", "../up", "", "[1,", "${oops}"]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(pairs=st.lists(st.tuples(st.sampled_from(_KEYS), _VALUES), min_size=1, max_size=3))
+def test_any_override_of_a_schema_key_composes_or_fails_with_one_line_naming_a_key(pairs):
+    """Whatever a user types for a key of the schema: a config, or a ConfigError in one line (the CLI's exit 2)."""
+    overrides = [f"{key}={_value(v)}" for key, v in pairs]
+    try:
+        load_config(overrides)
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err), overrides
+
+
+def _value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list):
+        return "[" + ",".join(map(str, v)) + "]"
+    return str(v)

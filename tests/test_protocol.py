@@ -98,6 +98,13 @@ def test_task_keys_that_contradict_the_generator_are_named_and_the_generators_ar
     assert ev.episodes["support_idx"].shape[1] == shots != 7
 
 
+def test_more_test_tasks_than_the_machine_can_hold_are_refused_before_sampling(trained):
+    cfg, _ = trained
+    with pytest.raises(ConfigError, match=r"^config key 'evaluate.num_tasks': the weights of \d+ methods on "
+                                          r"1000000000 tasks needs about .* GiB, more than this machine's"):
+        evaluation_of(smoke_config(cfg.storage.uri, "evaluate.num_tasks=1000000000"))
+
+
 def test_over_seeds_calls_a_win_only_on_every_seed_or_a_pooled_interval_excluding_zero():
     base = torch.linspace(1, 2, 50)
     rows = [{"ltdi": base - 0.1, "a": base, "b": base + torch.tensor(0.2 if s else -0.2), "c": base.clone()}

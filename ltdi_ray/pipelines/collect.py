@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from ltdi_ray import __version__
 from ltdi_ray.base_nets.paramspec import ParamSpec
+from ltdi_ray.config.checks import check_memory
 from ltdi_ray.config.compose import config_changes, to_plain
 from ltdi_ray.config.schema import Config
 from ltdi_ray.errors import ConfigError, DataError
@@ -205,6 +206,11 @@ def run_collect(cfg: Config) -> dict:
     loc = root.child("trajectories")
     family = make_family(cfg.task, cfg.storage.endpoint_url)  # bad data roots fail here, before Ray starts
     spec = ParamSpec.from_module(family.build_net())
+    c = cfg.collect
+    # a batch holds C checkpoints of every task's weights, and the inner loop about 6 more copies (weights,
+    # gradients, optimiser moments, SAM's perturbed weights)
+    check_memory(min(c.batch_size, c.num_tasks) * (cfg.trajectory.num_checkpoints + 6) * spec.dim * 4,
+                 "collect.batch_size", f"one batch of {c.batch_size} trajectories of {spec.dim} weights")
     with writer_lease(root, "trajectories", "collect", cfg.storage.lease_ttl_s) as lease:
         return {"stage": "collect", "uri": str(loc), "family": cfg.task.family, "split": cfg.collect.split,
                 **_collect(cfg, loc, family, spec, lease), "dim": spec.dim, "seconds": round(time.time() - tic, 2)}

@@ -15,6 +15,7 @@ from typing import Dict
 
 import torch
 
+from ltdi_ray.config.checks import check_memory
 from ltdi_ray.config.compose import config_changes, to_plain
 from ltdi_ray.config.schema import Config
 from ltdi_ray.errors import ConfigError
@@ -46,6 +47,8 @@ def evaluation_of(cfg: Config) -> Evaluation:
         log.warning("evaluate: the generator's task config is used, not this command's (%s); change test episodes "
                     "with evaluate.task.<key>", "; ".join(ignored[:3]))
     view = gen.view(e.ways)
+    check_memory(e.num_tasks * view.spec.dim * 4 * (len(e.methods) + 2), "evaluate.num_tasks",
+                 f"the weights of {len(e.methods)} methods on {e.num_tasks} tasks")
     tasks = view.family.for_evaluation(dict(e.task))
     episodes = tasks.sample_many(e.split, range(e.num_tasks), e.seed)
     raw_sx, sy = support_of(episodes, view.family, raw=True)  # what generate_batch takes
