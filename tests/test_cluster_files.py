@@ -41,7 +41,7 @@ def commands():
 
 def test_every_file_parses_and_the_set_is_complete():
     assert {p.relative_to(CLUSTER).as_posix() for p in YAMLS} == {
-        "aws-gpu.yaml", "runtime_env.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml"}
+        "aws-gpu.yaml", "runtime_env.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "kuberay/networkpolicy.yaml"}
     for path in YAMLS:
         assert isinstance(yaml.safe_load(path.read_text()), dict), path
 
@@ -84,6 +84,26 @@ def test_launcher_keeps_ports_private_and_auth_on():
     assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
     for node in config["available_node_types"].values():
         assert "IamInstanceProfile" in node["node_config"]  # S3 through the instance's identity
+        # the user's own group on every node: left without one, the launcher makes a group open to SSH from 0.0.0.0/0
+        assert node["node_config"]["SecurityGroupIds"] == ["<sg-id>"]
+    assert "security_group" not in config["provider"]
+    readme = (CLUSTER / "README.md").read_text()
+    assert "--port 22 --cidr <your-ip>/32" in readme and "--protocol -1 --source-group $SG" in readme
+
+
+def test_kuberay_network_policy_admits_only_the_clusters_pods_and_its_submitters():
+    policy = load("kuberay/networkpolicy.yaml")
+    name = load("kuberay/raycluster.yaml")["metadata"]["name"]
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"ray.io/cluster": name}}  # every pod of the cluster
+    rules = policy["spec"]["ingress"]
+    peers = [peer for rule in rules for peer in rule["from"]]
+    assert all("ipBlock" not in peer for peer in peers)  # no address range: selectors only
+    for rule in rules:
+        inside = rule["from"] == [{"podSelector": {"matchLabels": {"ray.io/cluster": name}}}]
+        assert inside or rule["ports"] == [{"port": 8265, "protocol": "TCP"}], rule
+    submitter = load("kuberay/rayjob.yaml")["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    assert any(peer.get("podSelector", {}).get("matchLabels") == submitter for peer in peers)
 
 
 def test_kuberay_keeps_the_head_internal_and_auth_on():
