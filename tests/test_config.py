@@ -240,3 +240,17 @@ def _value(v) -> str:
     if isinstance(v, list):
         return "[" + ",".join(map(str, v)) + "]"
     return str(v)
+
+
+def test_no_environment_variable_is_resolved_into_a_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTDI_SECRET", "s3cr3t")
+    path = tmp_path / "best.yaml"
+    path.write_text("train:\n  lr: 0.001\nstorage:\n  uri: /runs/${oc.env:LTDI_SECRET}\n")
+    with pytest.raises(ConfigError, match=r"^config_file=.*best.yaml: storage.uri holds an interpolation "
+                                          r"\('/runs/\$\{oc.env:LTDI_SECRET\}'\); write the value itself") as err:
+        load_config([f"config_file={path}"])
+    assert "s3cr3t" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"^storage.uri holds an interpolation"):
+        load_config(["storage.uri=/runs/${oc.env:LTDI_SECRET}"])
+    path.write_text("train:\n  lr: 0.002\n")
+    assert load_config([f"config_file={path}"]).train.lr == 0.002

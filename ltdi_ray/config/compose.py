@@ -156,16 +156,26 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> List[str]:
 
 def file_overrides(path: str) -> List[str]:
     """``key=value`` overrides from a YAML file of nested config keys (e.g. the best config a
-    sweep wrote); passed as ``config_file=PATH``, they apply before the command line's own."""
+    sweep wrote); passed as ``config_file=PATH``, they apply before the command line's own. Its values are
+    taken as written: an interpolation (``${oc.env:...}``) is refused, so no environment variable (a secret)
+    is ever resolved into the configs that stages save beside the data."""
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except FileNotFoundError:
         raise ConfigError(f"config_file={path}: no such file") from None
     except Exception as err:
         raise ConfigError(f"config_file={path}: not a YAML mapping ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config_file={path}: not a YAML mapping of config keys")
+    for key, value in dotted(data).items():
+        _refuse_interpolation(value, f"config_file={path}: {key}")
     return [f"{k}={_value(v)}" for k, v in dotted(data).items()]
+
+
+def _refuse_interpolation(value, where: str) -> None:
+    if "${" in str(value):
+        raise ConfigError(f"{where} holds an interpolation ({value!r}); write the value itself: configs are saved "
+                          "beside the data, and an environment variable resolved into one would be saved with it")
 
 
 def load_config(overrides: Sequence[str] = ()) -> Config:
@@ -173,6 +183,8 @@ def load_config(overrides: Sequence[str] = ()) -> Config:
     entries expand to that file's overrides, in place)."""
     expanded: List[str] = []
     for item in overrides:
+        if "${oc.env" in item:
+            _refuse_interpolation(item.split("=", 1)[-1], item.split("=", 1)[0])
         expanded += file_overrides(item.split("=", 1)[1]) if item.startswith("config_file=") else [item]
     return to_config(compose_dict(expanded))
 
