@@ -27,7 +27,7 @@ from typing import Dict, Optional
 import torch
 
 from ltdi_ray.errors import DataError
-from ltdi_ray.storage.artifact import check_record
+from ltdi_ray.storage.artifact import check_record, read_json
 from ltdi_ray.storage.fs import Location
 
 FORMAT, FORMAT_VERSION = "ltdi_ray.generator", 3  # 3: content-named files with their sha256 in generator.json
@@ -70,14 +70,10 @@ def _publish(loc: Location, blobs: Dict[str, bytes], meta: dict) -> None:
 
 def read_meta(loc: Location) -> dict:
     """The checkpoint's JSON record; one clear line if it is absent, malformed or foreign."""
-    try:
-        meta = json.loads(loc.read_bytes(META))
-    except FileNotFoundError:
+    meta = read_json(loc, META)
+    if meta is None:
         raise DataError(f"no generator checkpoint at {loc}: {META} is missing (training unfinished, or the "
-                        "wrong directory: pass the generator_uri printed by `train`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{loc.child(META)} is not valid JSON: {err}") from None
-    check_record(meta, (), loc.child(META))
+                        "wrong directory: pass the generator_uri printed by `train`)")
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{loc.child(META)} is not a {FORMAT} v{FORMAT_VERSION} checkpoint")
     check_record(meta, ("files", "config", "param_spec", "checkpoint_steps", "epoch", "metrics"), loc.child(META))

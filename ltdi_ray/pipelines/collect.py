@@ -92,9 +92,9 @@ def _claim(loc: Location, cfg: Config) -> None:
     with, so the corrected command replaces it."""
     want = {"fingerprint": fingerprint(cfg), "num_tasks": cfg.collect.num_tasks}
     have = read_json(loc, INTENT, ("fingerprint", "num_tasks"))
-    has_data = any(name.startswith("part-") for name in loc.list(DATA_DIR))
-    if have is None or not has_data:
-        if have is None and loc.list(DATA_DIR):
+    listing = loc.list(DATA_DIR)
+    if have is None or not any(name.startswith("part-") for name in listing):
+        if have is None and listing:
             raise DataError(f"{loc.child(DATA_DIR)} holds files but no {INTENT}: not an ltdi_ray dataset; "
                             "choose another storage.uri")
         if have is not None and have.get("fingerprint") != want["fingerprint"] and loc.exists(START_FILE):
