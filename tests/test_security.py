@@ -2,6 +2,10 @@
 
 import ast
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +102,70 @@ def test_credentials_never_reach_outputs_logs_or_storage(ray_session, bucket, s3
     texts.update({str(p): p.read_bytes().decode("latin-1") for p in logs.rglob("*") if p.is_file()})
     leaks = [where for where, text in texts.items() if FAKE_SECRET in text or FAKE_KEY_ID in text]
     assert not leaks, leaks
+
+
+LOCAL_RUN = """
+import json, os, sys
+import ray
+from ltdi_ray.config.schema import RayConfig
+from ltdi_ray.pipelines.runtime import ensure_ray
+ensure_ray(RayConfig(num_cpus=1))
+ray.get(ray.remote(lambda: os.getpid()).remote())  # a worker process too
+print(json.dumps({"node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}), flush=True)
+sys.stdin.read()  # held until the test has looked
+"""
+
+
+def _listening_addresses(root_pid: int) -> dict:
+    """``{address: [process names]}`` of the TCP sockets listening in ``root_pid`` and its descendants (Linux /proc)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parent[int(stat.parent.name)] = int(fields[1])
+    tree = {root_pid} | {pid for pid in parent if _descends(pid, root_pid, parent)}
+    owner = {}
+    for pid in tree:
+        try:
+            for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    owner[link[8:-1]] = (Path("/proc") / str(pid) / "comm").read_text().strip()
+        except OSError:
+            continue
+    found = {}
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in owner:  # LISTEN
+                raw = bytes.fromhex(cols[1].split(":")[0])
+                ip = socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6,
+                                      b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+                found.setdefault(ip, set()).add(owner[cols[9]])
+    return {ip: sorted(names) for ip, names in found.items()}
+
+
+def _descends(pid: int, root: int, parent: dict) -> bool:
+    while pid in parent and pid not in (0, 1):
+        pid = parent[pid]
+        if pid == root:
+            return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux /proc")
+def test_a_stages_local_ray_listens_on_loopback_only_with_token_auth_on():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}  # Ray's default: token
+    proc = subprocess.Popen([sys.executable, "-c", LOCAL_RUN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        started = json.loads(proc.stdout.readline() or "null")
+        assert started is not None, proc.stderr.read()[-2000:]
+        listening = _listening_addresses(started["pid"])
+    finally:
+        proc.communicate("", timeout=120)
+    assert started["node_ip"] == "127.0.0.1"
+    assert "gcs_server" in str(listening) and "raylet" in str(listening), listening  # the look found Ray's own
+    assert set(listening) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, listening

@@ -18,7 +18,10 @@ def _omniglot(root, *extra):
 def test_task_seeds_depend_on_family_split_index_and_base():
     seeds = {task_seed(f, s, i, b) for f in ("sinusoid", "omniglot") for s in ("train", "test") for i in (0, 1)
              for b in (0, 1)}
-    assert len(seeds) == 16 and task_seed("sinusoid", "train", 3) == task_seed("sinusoid", "train", 3)
+    assert len(seeds) == 16
+    # pinned: a task's seed is the same in every process and release (Python's own hash() is not)
+    assert task_seed("sinusoid", "train", 3) == 5853699344866453253
+    assert task_seed("omniglot", "test", 1, 1) == 8187240013777598688
 
 
 def test_sinusoid_episode_shapes_ranges_and_determinism():

@@ -127,9 +127,12 @@ class RayConfig:
 
     address: Optional[str] = None  # None: RAY_ADDRESS if set (ray job submit), else a new local instance
     num_cpus: Optional[int] = None  # logical CPUs of a new local instance; None = Ray's default
+    # on a cluster that may grow, how long a stage waits for room for its workers (pipelines/placement.py)
+    placement_timeout_s: float = 900.0
 
     def __post_init__(self) -> None:
         check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", f"must be >= 1, got {self.num_cpus}")
+        check(self.placement_timeout_s > 0, "ray.placement_timeout_s", f"must be > 0, got {self.placement_timeout_s}")
 
 
 # keys that may be left null for the task family to fill, in the order they are filled (a family's default

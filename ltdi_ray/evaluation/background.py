@@ -64,6 +64,7 @@ def launch_meta_init(ev, name: str, rule: str, pool_query: bool):
     ``evaluate.baseline.reuse``, a kept result of the same inputs is that ref, and a new one is kept."""
     import ray
 
+    from ltdi_ray.pipelines.placement import ensure_placeable
     from ltdi_ray.pipelines.runtime import ensure_ray
 
     ensure_ray(ev.cfg.ray, ev.cfg.verbose)
@@ -74,6 +75,8 @@ def launch_meta_init(ev, name: str, rule: str, pool_query: bool):
         return ray.put(kept)
     if "pools" not in ev.shared:  # one copy in the object store for every baseline
         ev.shared["pools"] = ray.put(training_pools(ev.cfg, ev.gen))
+    ensure_placeable([{"CPU": b.cpus}], f"evaluate's baseline {name}", "lower evaluate.baseline.cpus",
+                     ev.cfg.ray.placement_timeout_s)
     family = ev.gen.family
     task = ray.remote(num_cpus=b.cpus)(_meta_init_task).options(name="ltdi_ray.meta_init")
     return task.remote(max(1, int(b.cpus)), watched(), name, rule, pool_query, ev.gen.view().loss, ev.base,

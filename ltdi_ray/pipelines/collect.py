@@ -133,19 +133,16 @@ def _scan_existing(loc: Location) -> List[PartSummary]:
 def _collect_missing(cfg: Config, loc: Location, missing: np.ndarray, stored: Optional[np.ndarray]) -> List[PartSummary]:
     import ray
 
+    from ltdi_ray.pipelines.placement import ensure_placeable, how_many, node_resources
     from ltdi_ray.pipelines.runtime import ensure_ray, user_errors_from_ray
     from ltdi_ray.storage.sink import PartWriter, summaries_from_rows
 
     c = cfg.collect
     ensure_ray(cfg.ray, cfg.verbose)
-    resources = ray.cluster_resources()
-    if c.gpus_per_actor > 0:
-        auto = int(resources.get("GPU", 0) // c.gpus_per_actor)
-        if auto < 1 and c.num_actors == 0:
-            raise ConfigError(f"collect.gpus_per_actor={c.gpus_per_actor} but the cluster has no GPUs")
-    else:
-        auto = int(resources.get("CPU", 1) // c.cpus_per_actor)
-    actors = min(c.num_actors or max(1, auto), math.ceil(len(missing) / c.batch_size))
+    actor = {"CPU": c.cpus_per_actor, **({"GPU": c.gpus_per_actor} if c.gpus_per_actor > 0 else {})}
+    actors = min(c.num_actors or max(1, how_many(actor, node_resources())), math.ceil(len(missing) / c.batch_size))
+    ensure_placeable([actor] * actors, f"collect ({actors} collector actor(s))", "lower collect.cpus_per_actor, "
+                     "collect.gpus_per_actor or collect.num_actors, or run on a larger cluster", cfg.ray.placement_timeout_s)
     log.info("collect: %d tasks to collect on %d actor(s), %d tasks per batch", len(missing), actors, c.batch_size)
     # Blocks of missing task ids, one per collector call, made on the driver: a `range` read
     # would need CPU slots that the actor pool holds (a hang, docs/ray-notes.md 0.4) or a separate

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 from ltdi_ray.config.schema import RayConfig
-from ltdi_ray.errors import LtdiError
+from ltdi_ray.errors import ConfigError, LtdiError
 
 log = logging.getLogger("ltdi_ray")
+ENABLE_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def ensure_ray(cfg: RayConfig, verbose: bool = False) -> None:
@@ -43,13 +45,53 @@ def ensure_ray(cfg: RayConfig, verbose: bool = False) -> None:
                                 "runtime_env": {"worker_process_setup_hook": "ltdi_ray.pipelines.runtime.quiet_worker"}}
     if not verbose:  # the local instance's token is made for this run: nothing to act on
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    if cfg.address:
-        ray.init(address=cfg.address, **quiet)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(**quiet)
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        where = f"ray.address={cfg.address}" if cfg.address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+        check_reachable(cfg.address or os.environ["RAY_ADDRESS"], where)
+        try:
+            ray.init(address=cfg.address, **quiet)  # None: Ray reads RAY_ADDRESS
+        except (ConnectionError, RuntimeError, ValueError) as err:  # it answers, but it is no Ray head
+            raise ConfigError(f"{where}: cannot join a Ray cluster there ({str(err).strip().splitlines()[0]})") from None
     else:
-        ray.init(address="local", num_cpus=cfg.num_cpus, **quiet)
+        with loopback_only():
+            ray.init(address="local", num_cpus=cfg.num_cpus, **quiet)
     log.info("ray: %s", {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """While a local instance starts, make it name itself 127.0.0.1, so that its services listen on
+    loopback only: a machine's own run is no one else's business (a cluster others join is started
+    with ``ray start --head`` and reached with ``ray.address``). Ray picks a reachable interface unless
+    clusters are turned off, as on macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read once at
+    import, so the module's value is set too; the processes started meanwhile inherit it). Restored after,
+    so that a later connection of this process to a real cluster names a reachable address."""
+    from ray._private import ray_constants
+
+    env, value = os.environ.get(ENABLE_CLUSTERS), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ENABLE_CLUSTERS], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = value
+        if env is None:
+            os.environ.pop(ENABLE_CLUSTERS, None)
+        else:
+            os.environ[ENABLE_CLUSTERS] = env
+
+
+def check_reachable(address: str, where: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, in one line, when nothing listens at a cluster address (Ray itself retries for
+    minutes); ``auto`` and ``local`` are Ray's own to resolve."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{where}: expected host:port, ray://host:port, auto or local")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(f"{where}: nothing answers there within {timeout_s:g} s ({err.strerror or err})") from None
 
 
 def quiet_worker() -> None:

@@ -131,6 +131,23 @@ def prepare_training(cfg: Config) -> Tuple[Location, dict, dict]:
     return root, loop_config, shard_datasets(ds, indices, cfg.train.num_workers)
 
 
+def worker_bundle(cfg: Config) -> Dict[str, float]:
+    """The resources one Train worker asks for."""
+    t = cfg.train
+    return {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {}), **t.worker_resources}
+
+
+def ensure_workers_placeable(cfg: Config, what: str, extra: Optional[Dict[str, float]] = None) -> None:
+    """Refuse (or, on a cluster that may grow, wait for) a run whose workers the cluster cannot place;
+    ``extra`` is what its driver holds besides (a Tune trial)."""
+    from ltdi_ray.pipelines.placement import ensure_placeable
+
+    t = cfg.train
+    ensure_placeable([worker_bundle(cfg)] * t.num_workers + ([extra] if extra else []), what,
+                     "lower train.num_workers or train.cpus_per_worker, or set train.use_gpu=false, "
+                     "or run on a larger cluster", cfg.ray.placement_timeout_s)
+
+
 def make_trainer(cfg: Config, loop_config: dict, datasets: dict, name: str, storage: Location, callbacks=()):
     """The ``TorchTrainer`` of one training run named ``name`` under ``storage``."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -141,8 +158,8 @@ def make_trainer(cfg: Config, loop_config: dict, datasets: dict, name: str, stor
     t = cfg.train
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={
-            "CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {}), **t.worker_resources}),
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker=worker_bundle(cfg)),
         run_config=RunConfig(name=name, storage_path=storage_path(storage), callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -176,6 +193,7 @@ def _train(cfg: Config, root: Location, name: str, lease: Lease, tic: float) -> 
         return summary(root, name, name_of_run, meta, tic)
     with user_errors_from_ray():  # the dataset's files are read and verified inside Ray Data tasks
         root, loop_config, datasets = prepare_training(cfg)
+        ensure_workers_placeable(cfg, f"train (train.num_workers={t.num_workers})")
         trainer = make_trainer(cfg, loop_config, datasets, name_of_run, root.child("train"))
         log.info("train: %s on %d worker(s), %d epochs x %d outer steps of %d tasks (meta=%s, %s k=%d)", name_of_run,
                  t.num_workers, t.epochs, t.steps_per_epoch, t.meta_batch, t.meta, cfg.diffusion.variant,

@@ -21,13 +21,20 @@ from ltdi_ray.config.schema import FAMILY_DEFAULTS, Config
 from ltdi_ray.config.sweep import flatten_space
 from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.pipelines.prepare import prepare
-from ltdi_ray.pipelines.train import make_trainer, open_dataset, prepare_training, storage_path
+from ltdi_ray.pipelines.train import (
+    ensure_workers_placeable,
+    make_trainer,
+    open_dataset,
+    prepare_training,
+    storage_path,
+)
 from ltdi_ray.storage.fs import Location
 from ltdi_ray.storage.lease import writer_lease
 from ltdi_ray.tasks import family_class
 
 log = logging.getLogger("ltdi_ray")
 METRIC = "val_metric"
+TRIAL_RESOURCES = {"memory": 512 * 2**20}  # what a trial's own process (its Train run's driver) holds
 MAX_CHECKED = 256  # combinations of swept values composed before a sweep starts (about 40 ms each)
 
 
@@ -46,8 +53,10 @@ def run_trial(config: dict, base: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(base, config["params"])
-    root, loop_config, datasets = prepare_training(cfg)
     trial = ray.tune.get_context().get_trial_id()
+    # the driver checked the base config; a trial may sweep the worker count or size
+    ensure_workers_placeable(cfg, f"tune trial {trial} (train.num_workers={cfg.train.num_workers})", TRIAL_RESOURCES)
+    root, loop_config, datasets = prepare_training(cfg)
     sweep = root.child("tune", cfg.tune.name, "runs")
     make_trainer(cfg, loop_config, datasets, f"trial-{trial}", sweep, callbacks=[TuneReportCallback()]).fit()
 
@@ -164,8 +173,10 @@ def _sweep(cfg: Config, root: Location, params: dict, tic: float) -> dict:
     ensure_ray(cfg.ray, cfg.verbose)
     keep_credentials_out_of_trial_envs()
     sweep_root = root.child("tune")
-    # the driver only waits on its Train run: it holds a sliver of a CPU
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=sweep_base(cfg)), {"CPU": 0.01})
+    # a trial only drives its Train run: it holds memory for that, and no CPU, so that a worker asking for
+    # every CPU of a node (the default on two CPUs) still fits beside it
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=sweep_base(cfg)), TRIAL_RESOURCES)
+    ensure_workers_placeable(cfg, f"each tune trial (train.num_workers={cfg.train.num_workers})", TRIAL_RESOURCES)
     path = storage_path(sweep_root.child(cfg.tune.name))
     if tune.Tuner.can_restore(path):
         log.info("tune: resuming the sweep at %s", sweep_root.child(cfg.tune.name))
