@@ -1,5 +1,7 @@
 """Numerical reference tests of the diffusion process (docs/design.md 2.3)."""
 
+import math
+
 import pytest
 import torch
 
@@ -15,6 +17,18 @@ def test_schedules_go_from_clean_to_noise_on_t_over_T(name):
         assert s.abar[0] == 1 and (s.abar[1:] <= s.abar[:-1]).all() and s.abar[-1] < 1e-3
         assert ((s.alpha > 0) & (s.alpha <= 1)).all()
         torch.testing.assert_close(torch.cumprod(s.alpha, 0), s.abar)
+
+
+def test_schedules_follow_their_published_formulas():
+    """abar at u = t / T, written out: the VP-SDE linear (beta 0.1 .. 20), Nichol & Dhariwal's cosine (s = 0.008)
+    and the sigmoid schedule of Jabri et al. on [-3, 3]."""
+    u = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    linear = torch.exp(-(0.1 * u + 0.5 * 19.9 * u**2))
+    cosine = torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    sigmoid = torch.tensor([(sig(3) - sig(-3 + 6 * v)) / (sig(3) - sig(-3)) for v in u.tolist()], dtype=torch.float64)
+    for name, want in (("linear", linear), ("cosine", cosine), ("sigmoid", sigmoid)):
+        torch.testing.assert_close(Schedule.make(name, 4).abar[1:4], want)
 
 
 def test_vp_linear_keeps_the_last_alpha_away_from_zero():
@@ -64,6 +78,17 @@ def test_segment_minimiser_turns_the_global_step_into_the_segment_step(param):
     x_t = diff.q_sample(target, t, end, torch.randn(n, dim, generator=gen, dtype=torch.float64))
     out = _oracle_output(diff, target, x_t, t, end)[param]
     torch.testing.assert_close(diff.model_mean(out, x_t, t), diff.segment_mean(target, x_t, t, end))
+    # segment i's step, written out: the DDPM posterior mean with the segment's own abar^(i)
+    al_t, al_prev = diff.local_abar(t, end).unsqueeze(-1), diff.local_abar(t - 1, end).unsqueeze(-1)
+    alpha = diff.schedule.alpha[t].unsqueeze(-1)
+    posterior = (al_prev.sqrt() * (1 - alpha) * target + alpha.sqrt() * (1 - al_prev) * x_t) / (1 - al_t)
+    torch.testing.assert_close(diff.segment_mean(target, x_t, t, end), posterior)
+    last = end == 0  # the last segment is plain DDPM towards its target: the minimiser is the textbook one
+    assert last.any()
+    abar = diff.schedule.abar[t].unsqueeze(-1)
+    eps = (x_t - abar.sqrt() * target) / (1 - abar).sqrt()
+    textbook = {"eps": eps, "x0": target, "v": abar.sqrt() * eps - (1 - abar).sqrt() * target}[param]
+    torch.testing.assert_close(out[last], textbook[last])
     # the eps-form minimiser is docs/design.md 2.3.1's f = sqrt((1 - abar_t) / (1 - abar^(i)_t)) * eps
     if param == "eps":
         eps = (x_t - diff.local_abar(t, end).sqrt().unsqueeze(-1) * target) / (1 - diff.local_abar(t, end)).sqrt().unsqueeze(-1)

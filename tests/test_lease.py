@@ -123,3 +123,28 @@ def test_a_stage_whose_artifact_is_being_written_exits_2_with_one_line_and_write
     assert out.stderr.startswith(f"error: {artifact} under {tmp_path} is being written by another-{stage} (host ")
     assert out.stderr.count("\n") == 1  # one line
     assert list(tmp_path.iterdir()) == []  # and its lease is gone
+
+
+def test_two_collects_started_together_write_every_task_once(ray_session, tmp_path):
+    """The issue's case: both used to exit 0 with every task written twice. The second is refused while the
+    first runs; the first's dataset holds each id once and its files pass their checksums."""
+    from ltdi_ray.config import load_config
+    from ltdi_ray.errors import LtdiError
+    from ltdi_ray.pipelines.collect import run_collect
+    from ltdi_ray.storage.dataset import TrajectoryDataset
+
+    args = ["experiment=smoke", "collect.num_tasks=96", "collect.batch_size=4", f"storage.uri={tmp_path}"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    first = subprocess.Popen([sys.executable, "-m", "ltdi_ray", "collect", *args, "ray.num_cpus=2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (tmp_path / lease_name("trajectories")).exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    with pytest.raises(LtdiError, match=r"trajectories under .* is being written by collect \(host .*, pid "
+                                        rf"{first.pid}, "):
+        run_collect(load_config([*args, "collect.num_actors=1"]))
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["new_tasks"] == 96
+    ids = TrajectoryDataset.open(str(tmp_path / "trajectories")).load(["task_id"])["task_id"].tolist()
+    assert ids == list(range(96))  # each once

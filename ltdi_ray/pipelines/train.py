@@ -112,8 +112,9 @@ def checkpoint_location(checkpoint, root: Location) -> Location:
                     root.endpoint_url)
 
 
-def prepare_training(cfg: Config) -> Tuple[Location, dict, dict]:
-    """Open and check the dataset, start Ray, read the shards: ``(root, loop_config, datasets)``."""
+def prepare_training(cfg: Config, what: str, held: Optional[Dict[str, float]] = None) -> Tuple[Location, dict, dict]:
+    """Open and check the dataset, start Ray, check that it can place the workers (``what`` asks for them,
+    holding ``held`` itself), read the shards: ``(root, loop_config, datasets)``."""
     from ltdi_ray.generator.build import build_diffusion
     from ltdi_ray.pipelines.runtime import ensure_ray
 
@@ -123,6 +124,7 @@ def prepare_training(cfg: Config) -> Tuple[Location, dict, dict]:
     indices = build_diffusion(cfg).checkpoint_indices(ds.manifest["steps"])
     stats = read_norm_stats(ds.loc, ds.manifest["norm_stats"]["sha256"])
     ensure_ray(cfg.ray, cfg.verbose)
+    ensure_workers_placeable(cfg, what, held)
     stored = stored_start(ds.loc, ds.manifest)
     loop_config = {"cfg": to_plain(cfg), "mean": stats["mean"], "std": stats["std"], "indices": indices,
                    "checkpoint_steps": ds.manifest["steps"], "param_spec": ds.manifest["param_spec"],
@@ -137,13 +139,13 @@ def worker_bundle(cfg: Config) -> Dict[str, float]:
     return {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {}), **t.worker_resources}
 
 
-def ensure_workers_placeable(cfg: Config, what: str, extra: Optional[Dict[str, float]] = None) -> None:
+def ensure_workers_placeable(cfg: Config, what: str, held: Optional[Dict[str, float]] = None) -> None:
     """Refuse (or, on a cluster that may grow, wait for) a run whose workers the cluster cannot place;
-    ``extra`` is what its driver holds besides (a Tune trial)."""
+    ``held``: what its driver holds besides (a Tune trial)."""
     from ltdi_ray.pipelines.placement import ensure_placeable
 
     t = cfg.train
-    ensure_placeable([worker_bundle(cfg)] * t.num_workers + ([extra] if extra else []), what,
+    ensure_placeable([worker_bundle(cfg)] * t.num_workers + ([held] if held else []), what,
                      "lower train.num_workers or train.cpus_per_worker, or set train.use_gpu=false, "
                      "or run on a larger cluster", cfg.ray.placement_timeout_s)
 
@@ -192,8 +194,7 @@ def _train(cfg: Config, root: Location, name: str, lease: Lease, tic: float) -> 
         log.info("train: %s already finished; %s is its last epoch", name_of_run, root.child(name))
         return summary(root, name, name_of_run, meta, tic)
     with user_errors_from_ray():  # the dataset's files are read and verified inside Ray Data tasks
-        root, loop_config, datasets = prepare_training(cfg)
-        ensure_workers_placeable(cfg, f"train (train.num_workers={t.num_workers})")
+        root, loop_config, datasets = prepare_training(cfg, f"train (train.num_workers={t.num_workers})")
         trainer = make_trainer(cfg, loop_config, datasets, name_of_run, root.child("train"))
         log.info("train: %s on %d worker(s), %d epochs x %d outer steps of %d tasks (meta=%s, %s k=%d)", name_of_run,
                  t.num_workers, t.epochs, t.steps_per_epoch, t.meta_batch, t.meta, cfg.diffusion.variant,

@@ -55,8 +55,8 @@ def run_trial(config: dict, base: dict) -> None:
     cfg = trial_config(base, config["params"])
     trial = ray.tune.get_context().get_trial_id()
     # the driver checked the base config; a trial may sweep the worker count or size
-    ensure_workers_placeable(cfg, f"tune trial {trial} (train.num_workers={cfg.train.num_workers})", TRIAL_RESOURCES)
-    root, loop_config, datasets = prepare_training(cfg)
+    root, loop_config, datasets = prepare_training(
+        cfg, f"tune trial {trial} (train.num_workers={cfg.train.num_workers})", TRIAL_RESOURCES)
     sweep = root.child("tune", cfg.tune.name, "runs")
     make_trainer(cfg, loop_config, datasets, f"trial-{trial}", sweep, callbacks=[TuneReportCallback()]).fit()
 
