@@ -15,8 +15,14 @@ from ltdi_ray.storage.artifact import DATA_DIR, MANIFEST
 from ltdi_ray.storage.dataset import TrajectoryDataset
 
 
+def cli_env() -> dict:
+    """The environment of a stage started as a user starts it: its own local Ray with Ray's default token
+    authentication (the session's Ray turns it off for itself)."""
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+
 def run_cli(*args, timeout=240, **kw):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env = cli_env()
     return subprocess.run([sys.executable, "-m", "ltdi_ray", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
 
@@ -51,7 +57,7 @@ def test_readme_main_job_at_toy_scale(tmp_path):
 
 def test_killed_collect_job_resumes_without_loss_or_duplicates(ray_session, tmp_path):
     args = ["experiment=smoke", "collect.num_tasks=96", "collect.batch_size=4", f"storage.uri={tmp_path}"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "ltdi_ray", "collect", *args, "ray.num_cpus=2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     data = tmp_path / "trajectories" / DATA_DIR
@@ -93,7 +99,7 @@ def test_a_killed_train_driver_resumes_from_its_last_checkpoint_when_resubmitted
     args = ["experiment=smoke", "collect.num_tasks=16", "collect.batch_size=8", "train.epochs=4",
             "train.steps_per_epoch=20", f"storage.uri={tmp_path}"]
     run_collect(load_config([*args, "collect.num_actors=1"]))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "ltdi_ray", "train", *args, "ray.num_cpus=2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     runs, deadline = tmp_path / "train", time.time() + 240

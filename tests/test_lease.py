@@ -134,7 +134,7 @@ def test_two_collects_started_together_write_every_task_once(ray_session, tmp_pa
     from ltdi_ray.storage.dataset import TrajectoryDataset
 
     args = ["experiment=smoke", "collect.num_tasks=96", "collect.batch_size=4", f"storage.uri={tmp_path}"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # a user's run: token auth on
     first = subprocess.Popen([sys.executable, "-m", "ltdi_ray", "collect", *args, "ray.num_cpus=2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
