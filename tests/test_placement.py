@@ -71,17 +71,23 @@ def test_collect_actors_and_baseline_tasks_the_cluster_cannot_hold_are_refused_n
         run_evaluate(smoke_config(cfg.storage.uri, "evaluate.methods=[reptile]", "evaluate.baseline.cpus=8"))
 
 
-def test_on_two_cpus_train_with_two_workers_exits_2_in_seconds_and_tune_defaults_run(ray_session, tmp_path):
-    """The issue's case: two workers of the default two CPUs retried forever; and a Tune trial that held a
-    CPU left its two-CPU worker no room. ``ray.num_cpus=2``: a fresh local instance the size of this machine."""
+def _smoke_dataset(tmp_path):
     from conftest import SMOKE
-    from test_cli import run_cli
 
     from ltdi_ray.config import load_config
     from ltdi_ray.pipelines.collect import run_collect
 
     args = [*SMOKE, f"storage.uri={tmp_path}"]
     run_collect(load_config(args))
+    return args
+
+
+def test_on_two_cpus_two_workers_of_two_cpus_exit_2_in_seconds(ray_session, tmp_path):
+    """The issue's case: Ray Train retried them every 60 s, forever. ``ray.num_cpus=2``: a fresh local
+    instance the size of this machine."""
+    from test_cli import run_cli
+
+    args = _smoke_dataset(tmp_path)
     tic = time.time()
     res = run_cli("train", *args, "train.num_workers=2", "ray.num_cpus=2", timeout=120)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
@@ -89,8 +95,16 @@ def test_on_two_cpus_train_with_two_workers_exits_2_in_seconds_and_tune_defaults
     assert lines[-1].startswith("error: train (train.num_workers=2) asks for 2 x {CPU: 2}, which this cluster can "
                                "never place (the cluster has 1 node(s): {CPU: 2")
     assert time.time() - tic < 60
+
+
+@pytest.mark.slow  # a minute: a sweep through the CLI on its own 2-CPU Ray
+def test_on_two_cpus_the_tune_stage_runs_with_its_default_resources(ray_session, tmp_path):
+    """A trial that held a CPU left its default 2-CPU worker no room on a 2-CPU machine."""
+    from test_cli import run_cli
+
+    args = _smoke_dataset(tmp_path)
     res = run_cli("tune", *args, "ray.num_cpus=2", "tune=none", "+tune.space.train.lr.grid=[0.001]", timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]  # the default train.cpus_per_worker=2, beside the trial
+    assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1])["trials"] == 1
 
 
