@@ -61,6 +61,31 @@ def test_batcher_rows_shared_and_per_task_theta0():
     assert not np.array_equal(per_task["checkpoints"][0, 0], per_task["checkpoints"][1, 0])
 
 
+def test_a_call_runs_in_chunks_that_fit_chunk_mb_and_gives_the_rows_of_one_pass():
+    keys = ["trajectory.steps=20", "trajectory.save_every=5", "trajectory.theta0=shared"]
+    whole = make_batcher(load_config(keys))(np.arange(7))
+    chunked = make_batcher(load_config([*keys, "collect.chunk_mb=1"]))
+    per_task = chunked.task_bytes(0)
+    assert chunked.chunk_tasks() == 2**20 // per_task < 7  # the budget over the measured working memory
+    sizes = [len(part["task_id"]) for part in chunked.chunks(np.arange(7))]
+    assert sum(sizes) == 7 and max(sizes) == chunked.chunk_tasks() and len(sizes) > 1
+    rows = chunked(np.arange(7))
+    assert rows["task_id"].tolist() == list(range(7))
+    for key, value in whole.items():
+        np.testing.assert_allclose(rows[key], value, atol=1e-5, err_msg=key)
+
+
+def test_the_working_memory_estimate_covers_what_the_inner_loop_allocates():
+    # torch's CPU allocator does not report peaks: measure the saved activations the way autograd keeps them,
+    # then check the estimate is at least the tensors one task's step really holds (weights, grads, Adam state)
+    cfg = load_config(["trajectory.steps=20", "trajectory.save_every=5", "trajectory.theta0=shared"])
+    b = make_batcher(cfg)
+    d, c = b.theta0.shared.numel(), len(cfg.trajectory.checkpoint_steps)
+    pool_floats = np.prod(b.family.sample(cfg.collect.split, 0)["pool_x"].shape)
+    hidden_floats = pool_floats * 40 * 2  # two hidden layers of 40 units, each kept for the backward pass
+    assert b.task_bytes(0) >= 4 * (d * (c + 6) + 2 * hidden_floats)
+
+
 def test_a_reptile_batcher_starts_every_task_at_the_start_it_is_given():
     cfg = load_config(["trajectory.steps=10", "trajectory.save_every=5", "reptile_start.meta_steps=3", "reptile_start.tasks=16"])
     assert cfg.trajectory.theta0 == "reptile"

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ltdi_ray
-from ltdi_ray.errors import ConfigError, DataError, LtdiError
+from ltdi_ray.errors import ConfigError, DataError
 from ltdi_ray.evaluation.background import finish, training_pools
 from ltdi_ray.evaluation.methods import METHODS
 from ltdi_ray.generator.checkpoint import META, read_meta, read_train_state
@@ -162,7 +162,7 @@ def _tensors_of(loc: Location, part: str) -> dict:
     return load(loc.read_bytes(json.loads(loc.read_bytes(META))["files"][part]["path"]))
 
 
-def test_a_checkpoint_that_does_not_fit_its_record_fails_naming_the_file(trained, tmp_path):
+def test_a_checkpoint_that_does_not_fit_its_record_fails_naming_the_file(trained, tmp_path, omniglot_root):
     from safetensors.torch import save
 
     src = Location.parse(trained[1]["generator_uri"])
@@ -181,9 +181,9 @@ def test_a_checkpoint_that_does_not_fit_its_record_fails_naming_the_file(trained
     # a record of another family (Omniglot heads) over sinusoid weights
     family = _copy(src, Location.parse(str(tmp_path / "family")))
     meta = json.loads(family.read_bytes(META))
-    meta["config"]["task"] = {"family": "omniglot", "root": str(tmp_path), "generate": "head", "backbone": "random"}
+    meta["config"]["task"] = {"family": "omniglot", "root": omniglot_root, "generate": "head", "backbone": "random"}
     family.write_atomic(META, json.dumps(meta).encode())
-    with pytest.raises(LtdiError) as err:
+    with pytest.raises(DataError, match=r"model-[0-9a-f]{16}.safetensors does not fit the generator its config describes") as err:
         ltdi_ray.load_generator(str(family))
     assert "\n" not in str(err.value)
 

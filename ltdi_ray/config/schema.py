@@ -84,7 +84,10 @@ class CollectConfig:
     num_tasks: int = 10000
     split: str = "train"  # which task split the trajectories come from
     seed: int = 0  # base of every task's seed (with family, split and task index)
-    batch_size: int = 256  # tasks per batched inner-loop call and per Parquet file
+    batch_size: int = 256  # tasks per collector call (a Parquet file holds one or more calls' chunks)
+    # working memory of one collector's inner loop: a call's tasks run in chunks sized to fit it (from the net's
+    # activations and weights, measured on one task), so an actor's peak does not grow with batch_size
+    chunk_mb: int = 1024
     num_actors: int = 0  # collector actors; 0 = one per cpus_per_actor of the cluster's CPUs
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0  # > 0 schedules collectors on GPUs and runs the inner loop there
@@ -94,6 +97,7 @@ class CollectConfig:
         check(self.num_tasks >= 1, "collect.num_tasks", f"must be >= 1, got {self.num_tasks}")
         check(self.split in ("train", "val", "test"), "collect.split", f"must be train, val or test, got {self.split!r}")
         check(self.batch_size >= 1, "collect.batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.chunk_mb >= 1, "collect.chunk_mb", f"must be >= 1 (MB), got {self.chunk_mb}")
         check(self.num_actors >= 0, "collect.num_actors", f"must be >= 0, got {self.num_actors}")
         check(self.cpus_per_actor > 0, "collect.cpus_per_actor", f"must be > 0, got {self.cpus_per_actor}")
         check(self.gpus_per_actor >= 0, "collect.gpus_per_actor", f"must be >= 0, got {self.gpus_per_actor}")

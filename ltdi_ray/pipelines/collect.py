@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -55,7 +55,7 @@ def make_batcher(cfg: Config, device: str = "cpu", shared: Optional["torch.Tenso
     ``cfg`` when not given (``reptile``: meta-trained here)."""
     family = make_family(cfg.task, cfg.storage.endpoint_url)
     return TrajectoryBatcher(family, cfg.trajectory, cfg.collect.split, cfg.collect.seed,
-                             theta0_of(cfg, family, shared), device)
+                             theta0_of(cfg, family, shared), device, cfg.collect.chunk_mb)
 
 
 class TrajectoryCollector:
@@ -70,11 +70,11 @@ class TrajectoryCollector:
         self.batcher = make_batcher(cfg, device, shared)
         self.family, self.split = cfg.task.family, cfg.collect.split
 
-    def __call__(self, batch: Dict[str, np.ndarray]) -> pa.Table:
-        rows = self.batcher(batch["id"])
-        n = len(batch["id"])
-        table = arrays_to_table(rows)
-        return table.append_column("family", pa.array([self.family] * n)).append_column("split", pa.array([self.split] * n))
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Iterator[pa.Table]:
+        for rows in self.batcher.chunks(batch["id"]):  # one table per chunk: a call's peak is one chunk's
+            n = len(rows["task_id"])
+            table = arrays_to_table(rows)
+            yield table.append_column("family", pa.array([self.family] * n)).append_column("split", pa.array([self.split] * n))
 
 
 def fingerprint(cfg: Config) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -15,12 +15,29 @@ from ltdi_ray.trajectories.inner import evaluate, make_functional, run_batched
 from ltdi_ray.trajectories.theta0 import Theta0
 
 
+def available_bytes(device: torch.device) -> Optional[int]:
+    """Memory this process could still take on ``device`` (free GPU memory; Linux's MemAvailable), or None."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            line = next(ln for ln in f if ln.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return None
+
+
 class TrajectoryBatcher:
     """Turns task ids of ``split`` into rows: episode arrays, checkpoints ``(C, D)`` and per-checkpoint
-    losses; ``opt`` is the ``trajectory`` config node, ``theta0`` where every trajectory starts."""
+    losses; ``opt`` is the ``trajectory`` config node, ``theta0`` where every trajectory starts.
 
-    def __init__(self, family: TaskFamily, opt, split: str, base_seed: int, theta0: Theta0, device: str = "cpu"):
+    Tasks run in chunks whose inner loop fits ``chunk_mb`` (and half the memory still available), so the
+    peak does not grow with the number of ids of a call; a chunk's rows are the same as a whole call's."""
+
+    def __init__(self, family: TaskFamily, opt, split: str, base_seed: int, theta0: Theta0, device: str = "cpu",
+                 chunk_mb: int = 1024):
         self.family, self.opt, self.split, self.base_seed = family, opt, split, base_seed
+        self.chunk_mb, self._chunk_tasks = chunk_mb, 0
         self.device = torch.device(device)
         self.theta0 = theta0.to(self.device)
         self.net = family.build_net().to(self.device)
@@ -30,7 +47,47 @@ class TrajectoryBatcher:
 
     def __call__(self, task_ids: Sequence[int]) -> Dict[str, np.ndarray]:
         """Rows for ``task_ids`` as arrays with a leading batch axis ``B``."""
+        parts = list(self.chunks(task_ids))
+        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def chunks(self, task_ids: Sequence[int]) -> Iterator[Dict[str, np.ndarray]]:
+        """The rows of ``task_ids``, in order, in chunks of at most :meth:`chunk_tasks` tasks."""
         ids = np.asarray(task_ids, dtype=np.int64)
+        size = self.chunk_tasks(int(ids[0])) if len(ids) else 1
+        for lo in range(0, len(ids), size):
+            yield self._rows(ids[lo:lo + size])
+
+    def task_bytes(self, task_id: int) -> int:
+        """Working memory of one task's inner loop, in bytes: the tensors its loss keeps for the backward
+        pass (measured on its pool), twice (the forward's and the gradient's), plus its weights, Adam's
+        state and the checkpoints (``(C + 6) x D`` floats)."""
+        ep = self.family.sample_many(self.split, [task_id], self.base_seed)
+        x = self.family.to_torch(ep["pool_x"]).to(self.device)[0]
+        y = self.family.targets_to_torch(ep["pool_y"]).to(self.device)[0]
+        saved = 0
+
+        def count(t: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            saved += t.numel() * t.element_size()
+            return t
+
+        theta = self.theta0.shared.detach().clone().requires_grad_(True)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            self.loss(theta, x, y)
+        return 2 * saved + 4 * theta.numel() * (len(self.opt.checkpoint_steps) + 6)
+
+    def chunk_tasks(self, task_id: int = 0) -> int:
+        """Tasks per chunk (measured once, on ``task_id``): ``collect.chunk_mb`` or half the memory still
+        available on the device, whichever is less, over :meth:`task_bytes`."""
+        if not self._chunk_tasks:
+            budget = self.chunk_mb * 2**20
+            free = available_bytes(self.device)
+            if free is not None:
+                budget = min(budget, free // 2)
+            self._chunk_tasks = max(1, budget // self.task_bytes(task_id))
+        return self._chunk_tasks
+
+    def _rows(self, ids: np.ndarray) -> Dict[str, np.ndarray]:
         episodes = self.family.sample_many(self.split, ids, self.base_seed)
         to_x = lambda a: self.family.to_torch(a).to(self.device)  # noqa: E731
         to_y = lambda a: self.family.targets_to_torch(a).to(self.device)  # noqa: E731

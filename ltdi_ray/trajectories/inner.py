@@ -33,10 +33,11 @@ def make_functional(net: torch.nn.Module, spec: ParamSpec, fn: Callable) -> Loss
 
 
 def evaluate(fn: LossFn, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``fn`` at every checkpoint: thetas ``(B, C, D)``, data ``(B, N, ...)`` -> ``(B, C)``."""
-    per_checkpoint = vmap(fn, in_dims=(0, None, None))
+    """``fn`` at every checkpoint: thetas ``(B, C, D)``, data ``(B, N, ...)`` -> ``(B, C)``. One checkpoint
+    at a time: vmapped over C as well, a conv net's activations took C times the memory of a training step."""
+    batched = vmap(fn)
     with torch.no_grad():
-        return vmap(per_checkpoint)(thetas, x, y)
+        return torch.stack([batched(thetas[:, c], x, y) for c in range(thetas.shape[1])], dim=1)
 
 
 def _batched_grad(loss: LossFn) -> Callable[..., torch.Tensor]:
