@@ -54,7 +54,7 @@ class TrajectoryBatcher:
         """The rows of ``task_ids``, in order, in chunks of at most :meth:`chunk_tasks` tasks."""
         ids = np.asarray(task_ids, dtype=np.int64)
         size = self.chunk_tasks(int(ids[0])) if len(ids) else 1
-        for lo in range(0, len(ids), size):
+        for lo in range(0, len(ids) or 1, size):  # no ids: one empty chunk, the rows' layout with B = 0
             yield self._rows(ids[lo:lo + size])
 
     def task_bytes(self, task_id: int) -> int:
