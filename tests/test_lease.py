@@ -128,13 +128,15 @@ def test_a_stage_whose_artifact_is_being_written_exits_2_with_one_line_and_write
 def test_two_collects_started_together_write_every_task_once(ray_session, tmp_path):
     """The issue's case: both used to exit 0 with every task written twice. The second is refused while the
     first runs; the first's dataset holds each id once and its files pass their checksums."""
+    from test_cli import cli_env
+
     from ltdi_ray.config import load_config
     from ltdi_ray.errors import LtdiError
     from ltdi_ray.pipelines.collect import run_collect
     from ltdi_ray.storage.dataset import TrajectoryDataset
 
     args = ["experiment=smoke", "collect.num_tasks=32", "collect.batch_size=4", f"storage.uri={tmp_path}"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # a user's run: token auth on
+    env = cli_env()  # a user's run: token auth on
     first = subprocess.Popen([sys.executable, "-m", "ltdi_ray", "collect", *args, "ray.num_cpus=2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
