@@ -84,7 +84,8 @@ def main() -> None:
     from ltdi_ray.pipelines.collect import make_batcher
 
     cfg = ltdi_ray.compose(*args.overrides)
-    stored = make_batcher(cfg).theta0.shared  # computed once (reptile: meta-trained here), shared by the kernels
+    first = make_batcher(cfg)
+    stored = first.theta0.shared  # computed once (reptile: meta-trained here), shared by the kernels
     per_task = max(per_task_rate(cfg, args.per_task_tasks, t, stored) for t in sorted({1, os.cpu_count() or 1}))
     batched = batched_rate(cfg, args.tasks, args.device, stored)
     pipeline = ({"tasks_per_s": float("nan"), "files": 0} if args.no_pipeline
@@ -92,7 +93,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "collect_throughput", "family": cfg.task.family, "shots": cfg.task.shots,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{os.cpu_count()}",
-        "steps": cfg.trajectory.steps, "pool_size": cfg.task.pool_size, "batch_size": cfg.collect.batch_size,
+        "steps": cfg.trajectory.steps, "pool_size": first.family.fields()["pool_x"][0][0], "batch_size": cfg.collect.batch_size,
         "tasks": args.tasks,
         "per_task_tasks_per_s": round(per_task, 1), "batched_tasks_per_s": round(batched, 1),
         "pipeline_tasks_per_s": round(pipeline["tasks_per_s"], 1),

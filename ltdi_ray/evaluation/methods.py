@@ -120,6 +120,15 @@ def finetune(ev: Evaluation) -> torch.Tensor:
     return run_batched(ev.view.loss, ev.base.expand(ev.n, -1), ev.sx, ev.sy, replace(t, save_every=t.steps))[:, -1]
 
 
+@method("finetune_short", default=False)
+def finetune_short(ev: Evaluation) -> torch.Tensor:
+    """The collection optimiser from the base init on the K-shot support for ``evaluate.adapt_steps`` steps: the
+    step budget the meta-learned baselines adapt with."""
+    t, steps = ev.gen.cfg.trajectory, ev.cfg.evaluate.adapt_steps
+    ev.settings["finetune_short"] = {"optimizer": t.optimizer, "lr": t.lr, "steps": steps, "data": "support"}
+    return adapt(ev.view.loss, ev.base, ev.sx, ev.sy, steps, t.lr, t.optimizer)
+
+
 # name -> (meta-learning rule, outer loss on the whole pool minus the support). maml_pool is the control
 # that sees what the generator's targets were fit to: every pool point of a training task, not 10 of them
 BASELINES = {**{rule: (rule, False) for rule in META_INITS}, "maml_pool": ("maml", True)}
@@ -181,6 +190,21 @@ def protonet_sgd(ev: Evaluation) -> torch.Tensor:
     e = ev.cfg.evaluate
     ev.settings["protonet_sgd"] = {"optimizer": "sgd", "lr": e.start_adapt_lr, "steps": e.adapt_steps}
     return ev.sgd(ev.view.family.support_start(ev.sx, ev.sy), e.start_adapt_lr)
+
+
+def _no_in_context(ev: Evaluation) -> Optional[str]:
+    if ev.view.family.has_in_context(ev.view.family.cfg):
+        return None
+    return "the family has no in-context predictor (task=text: the language model's prompt)"
+
+
+@method("in_context", skip=_no_in_context)
+def in_context(ev: Evaluation) -> Predictions:
+    """The frozen model reading the support in its input (a language model: the K examples in its prompt),
+    no weights changed; its time includes the longer prompt."""
+    fam = ev.view.family
+    ev.settings["in_context"] = {"examples": int(ev.sy.shape[1]), "rule": "the family's in_context"}
+    return Predictions(fam.in_context(ev.raw_sx, ev.sy, fam.decode(ev.episodes["query_x"])))
 
 
 def _no_encoder_fit(ev: Evaluation) -> Optional[str]:

@@ -82,7 +82,7 @@ class WeightGenerator:
     def check_support(self, support_x, support_y) -> Tuple[torch.Tensor, torch.Tensor]:
         """Validate a batched support set against the family's episode shapes."""
         fields = self.family.fields()
-        want_x, want_y = tuple(fields["pool_x"][0][1:]), tuple(fields["pool_y"][0][1:])
+        want_x, want_y = self.family.input_shape(), tuple(fields["pool_y"][0][1:])
         class_labels = np.dtype(fields["pool_y"][1]).kind in "iu"
         out = []
         for name, value, want in (("support_x", support_x, want_x), ("support_y", support_y, want_y)):

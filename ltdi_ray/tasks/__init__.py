@@ -2,7 +2,7 @@
 
 ``task.family`` names a family in one of three ways:
 
-* a built-in name: ``sinusoid``, ``omniglot``;
+* a built-in name: ``sinusoid``, ``omniglot``, ``text``;
 * a name another installed package declares under the entry-point group ``ltdi_ray.families``;
 * an import path ``package.module:Class`` (the module must be importable where the stages run:
   the driver's working directory, ``PYTHONPATH``, ``ray job submit --working-dir`` or an installed package).
@@ -29,6 +29,7 @@ from ltdi_ray.tasks.base import (
 BUILT_IN: Dict[str, str] = {
     "sinusoid": "ltdi_ray.tasks.sinusoid:SinusoidFamily",
     "omniglot": "ltdi_ray.tasks.omniglot:OmniglotFamily",
+    "text": "ltdi_ray.tasks.text:TextFamily",
 }
 ENTRY_POINTS = "ltdi_ray.families"
 

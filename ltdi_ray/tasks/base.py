@@ -116,6 +116,10 @@ class TaskFamily(ABC):
     def targets_to_torch(self, y: np.ndarray) -> torch.Tensor:
         """Stored targets -> the tensors :meth:`loss` takes."""
 
+    def input_shape(self) -> Tuple[int, ...]:
+        """The shape of one input as users pass it (what :meth:`decode` makes of one stored example)."""
+        return tuple(self.fields()["pool_x"][0][1:])
+
     def net_input(self, x: torch.Tensor) -> torch.Tensor:
         """Float inputs as users pass them ``(..., *x_shape)`` -> what :meth:`build_net`'s network takes."""
         return x
@@ -156,13 +160,24 @@ class TaskFamily(ABC):
         also scored by itself as evaluate's ``protonet`` method."""
         raise ConfigError(f"trajectory.theta0=prototype: the {self.name} family has no start computed from a support")
 
+    @classmethod
+    def has_in_context(cls, task_cfg) -> bool:
+        """Whether :meth:`in_context` is defined for this task config."""
+        return False
+
+    def in_context(self, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+        """Predictions ``(B, Q, ...)`` on queries ``qx`` from a model that reads the support ``(sx, sy)`` in its
+        input instead of changing weights (a language model's prompt: evaluate's ``in_context`` method);
+        inputs as users pass them."""
+        raise ConfigError(f"the {self.name} family has no in-context predictor")
+
     def support_ways(self, sy: torch.Tensor) -> Optional[int]:
         """The number of classes a batch of supports ``sy (B, K)`` asks for; None where it cannot vary."""
         return None
 
     def with_ways(self, ways: Optional[int]) -> "TaskFamily":
         """This family for ``ways``-way episodes (heads generalise to N other than trained)."""
-        if ways is not None and ways != getattr(self.cfg, "ways", None):
+        if ways is not None and ways != self.pool_classes:
             raise DataError(f"the {self.name} family makes networks of one output size; got {ways}-way supports")
         return self
 
