@@ -50,6 +50,20 @@ def test_at_least_5000_distinct_training_tasks():
     assert len(tasks) >= 5000
 
 
+def test_bad_settings_and_inputs_are_refused_with_the_culprit_named():
+    from ltdi_ray.errors import ConfigError, DataError
+
+    with pytest.raises(ConfigError, match="task.lora_blocks"):
+        tiny_family(lora_blocks=5).build_net()  # the tiny model has 4 blocks
+    with pytest.raises(ConfigError, match="task.lora_modules"):
+        tiny_family(lora_modules=["wq"])
+    fam = tiny_family()
+    ids = fam.decode(fam.sample("val", 0)["query_x"])
+    for bad in (ids + 0.5, ids - 100, ids + 10**6):
+        with pytest.raises(DataError, match="token ids"):
+            fam.net_input(bad)
+
+
 def _hf_twin(model):
     """The tiny model as a transformers LlamaForCausalLM with the same weights."""
     transformers = pytest.importorskip("transformers", reason="transformers is part of the test extra")
@@ -174,3 +188,23 @@ def test_smollm2_loads_and_every_lexicon_word_is_one_token():
     fam = TextFamily(TextConfig())
     net = fam.build_net()
     assert isinstance(net, LoRATop) and sum(p.numel() for p in net.parameters()) == 2 * 4 * (576 + 576) - 4 * (576 - 192)
+
+
+def test_the_pipeline_runs_on_text_tasks_and_its_generator_gives_an_adapter(ray_session, tmp_path):
+    """collect -> train -> evaluate through Ray with the small random Llama, then load_generator's adapter."""
+    import ltdi_ray
+
+    methods = ["init", "in_context", "finetune_short", "ltdi", "condition_shuffle"]
+    cfg = ltdi_ray.compose("task=text", "task.model=tiny", "experiment=smoke", "collect.num_tasks=32",
+                           "collect.num_actors=1", f"storage.uri={tmp_path}", f"evaluate.methods=[{','.join(methods)}]",
+                           "+evaluate.task.kinds=heldout")
+    summary = ltdi_ray.run("pipeline", cfg)
+    assert set(summary["evaluate"]) == set(methods)
+    assert all(0 <= m["mean"] <= 1 for m in summary["evaluate"].values())
+    gen = ltdi_ray.load_generator(summary["generator_uri"])
+    fam, ep = gen.family, gen.family.sample("test", 0)
+    support = ep["support_idx"]
+    adapted = gen.generate(fam.decode(ep["pool_x"][support]), torch.from_numpy(ep["pool_y"][support]).long())
+    assert adapted(fam.decode(ep["query_x"])).shape == (20, 2)
+    adapted.save_adapter(str(tmp_path / "adapter"))
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {"adapter_model.safetensors", "adapter_config.json"}

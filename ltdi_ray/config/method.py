@@ -225,7 +225,9 @@ class EvaluateConfig:
     # names in ltdi_ray/evaluation/methods.py; default: those that need no extra generator training
     methods: List[str] = field(default_factory=_default_methods)
     diagnostics: List[str] = field(default_factory=list)  # names in ltdi_ray/evaluation/diagnostics.py
-    adapt_steps: int = 10  # SGD steps on the support for maml / fomaml / reptile / ltdi_finetune
+    adapt_steps: int = 10  # SGD steps on the support for maml / fomaml / reptile / ltdi_finetune (finetune_short: Adam)
+    finetune_steps: Optional[int] = None  # finetune: steps of the collection optimiser on the support; null = trajectory.steps
+    finetune_short_lr: Optional[float] = None  # finetune_short's step size (chosen on validation); null = trajectory.lr
     adapt_lr: float = 0.01  # maml / fomaml / reptile (the step size MAML meta-trains for)
     ltdi_adapt_lr: float = 0.001  # ltdi_finetune: trajectory end points are sharp; 0.01 diverged on some tasks
     start_adapt_lr: float = 0.1  # protonet_sgd: SGD from the family's support start (benchmarks choose it on val)
@@ -245,9 +247,13 @@ class EvaluateConfig:
         unknown = sorted(set(self.diagnostics) - set(known))
         check(not unknown, "evaluate.diagnostics", f"unknown {unknown}; choose from {known}")
         check(self.adapt_steps >= 0, "evaluate.adapt_steps", f"must be >= 0, got {self.adapt_steps}")
+        check(self.finetune_steps is None or self.finetune_steps >= 1, "evaluate.finetune_steps",
+              f"must be >= 1 or null, got {self.finetune_steps}")
         check(self.adapt_lr > 0, "evaluate.adapt_lr", f"must be > 0, got {self.adapt_lr}")
         for key in ("ltdi_adapt_lr", "start_adapt_lr"):
             check(getattr(self, key) > 0, f"evaluate.{key}", f"must be > 0, got {getattr(self, key)}")
+        check(self.finetune_short_lr is None or self.finetune_short_lr > 0, "evaluate.finetune_short_lr",
+              f"must be > 0 or null, got {self.finetune_short_lr}")
         check(self.num_samples >= 1, "evaluate.num_samples", f"must be >= 1, got {self.num_samples}")
         check(self.ways is None or self.ways >= 2, "evaluate.ways", f"must be >= 2 or null, got {self.ways}")
         check(self.ablation_epochs is None or self.ablation_epochs >= 1, "evaluate.ablation_epochs",

@@ -112,21 +112,29 @@ def init(ev: Evaluation) -> torch.Tensor:
     return ev.base.expand(ev.n, -1)
 
 
+def _fine_tune(ev: Evaluation, name: str, steps: int, lr: float) -> torch.Tensor:
+    """``steps`` steps of the collection optimiser (``trajectory.*``: Adam or SGD, SAM) of size ``lr`` from the
+    base init on every K-shot support."""
+    t = ev.gen.cfg.trajectory
+    ev.settings[name] = {"optimizer": t.optimizer, "lr": lr, "steps": steps, "data": "support"}
+    opt = replace(t, lr=lr, steps=steps, save_every=steps)
+    return run_batched(ev.view.loss, ev.base.expand(ev.n, -1), ev.sx, ev.sy, opt)[:, -1]
+
+
 @method("finetune")
 def finetune(ev: Evaluation) -> torch.Tensor:
-    """The collection optimiser (``trajectory.*``) from the base init on the K-shot support."""
+    """The collection optimiser at its own step size for ``evaluate.finetune_steps`` steps (the trajectories'
+    length by default)."""
     t = ev.gen.cfg.trajectory
-    ev.settings["finetune"] = {"optimizer": t.optimizer, "lr": t.lr, "steps": t.steps, "data": "support"}
-    return run_batched(ev.view.loss, ev.base.expand(ev.n, -1), ev.sx, ev.sy, replace(t, save_every=t.steps))[:, -1]
+    return _fine_tune(ev, "finetune", ev.cfg.evaluate.finetune_steps or t.steps, t.lr)
 
 
-@method("finetune_short", default=False)
+@method("finetune_short", default=False, step_keys=("evaluate.finetune_short_lr",))
 def finetune_short(ev: Evaluation) -> torch.Tensor:
-    """The collection optimiser from the base init on the K-shot support for ``evaluate.adapt_steps`` steps: the
-    step budget the meta-learned baselines adapt with."""
-    t, steps = ev.gen.cfg.trajectory, ev.cfg.evaluate.adapt_steps
-    ev.settings["finetune_short"] = {"optimizer": t.optimizer, "lr": t.lr, "steps": steps, "data": "support"}
-    return adapt(ev.view.loss, ev.base, ev.sx, ev.sy, steps, t.lr, t.optimizer)
+    """The collection optimiser for ``evaluate.adapt_steps`` steps (the budget the meta-learned inits adapt with)
+    at ``evaluate.finetune_short_lr``: few steps want a larger step than the trajectories'."""
+    e = ev.cfg.evaluate
+    return _fine_tune(ev, "finetune_short", e.adapt_steps, e.finetune_short_lr or ev.gen.cfg.trajectory.lr)
 
 
 # name -> (meta-learning rule, outer loss on the whole pool minus the support). maml_pool is the control

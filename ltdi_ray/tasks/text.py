@@ -118,9 +118,8 @@ class TextFamily(ClassificationFamily):
         if self._model is None:
             self._model = load_model(self.cfg.model, tuple(WORDS + LABEL_WORDS))
             layers = self._model.shape.layers
-            if self.cfg.lora_blocks > layers:
-                raise DataError(f"task.lora_blocks={self.cfg.lora_blocks}: the {self.cfg.model} model has {layers} "
-                                "blocks")
+            check(self.cfg.lora_blocks <= layers, "task.lora_blocks",
+                  f"the {self.cfg.model} model has {layers} blocks, got {self.cfg.lora_blocks}")
         return self._model
 
     @property
@@ -154,6 +153,8 @@ class TextFamily(ClassificationFamily):
         """Token ids ``(..., S + 2)`` -> hidden states entering the first adapted block ``(..., S, H)`` and the
         label words' embeddings ``(..., 2, H)``, concatenated ``(..., S + 2, H)``."""
         m, ids = self.model, x.long()
+        if (ids != x).any() or ids.min() < 0 or ids.max() >= m.shape.vocab:
+            raise DataError(f"inputs must be token ids: integers in [0, {m.shape.vocab}) (TextFamily.decode makes them)")
         prompt = m.hidden(ids[..., :-WAYS].flatten(0, -2), self.first_adapted)
         return torch.cat([prompt.reshape(*ids.shape[:-1], *prompt.shape[-2:]), m.embed[ids[..., -WAYS:]]], dim=-2)
 
