@@ -41,11 +41,16 @@ def test_collect_train_evaluate_run_on_a_family_of_the_users_own(run):
     assert record["task"] == "polynomial" and record["metric"] == "mse" and record["shots"] == 5
 
 
-def test_plot_and_a_sweep_run_on_it(ray_session, run):
+def test_plot_runs_on_it(ray_session, run):
     root, base, _ = run
     plots = run_stage(ray_session, "plot", *base, "plot.tasks=2")
     assert {p.rsplit("/", 1)[-1] for p in plots["plots"]} == {"training_curves.png", "weight_space.png",
                                                               "predictions.png"}  # 1-D functions: drawn as curves
+
+
+@pytest.mark.slow  # ~40 s; the default tier sweeps the built-in family (test_tune.py)
+def test_a_sweep_runs_on_it(ray_session, run):
+    root, base, _ = run
     sweep = run_stage(ray_session, "tune", *base, "tune=none", "+tune.space.diffusion.segments.grid=[1,2]",
                       "train.epochs=1", "train.cpus_per_worker=1", "tune.max_concurrent_trials=1")
     assert sweep["trials"] == 2 and sweep["best_metric"] > 0
