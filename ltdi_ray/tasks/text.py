@@ -151,12 +151,14 @@ class TextFamily(ClassificationFamily):
     @torch.no_grad()
     def net_input(self, x: torch.Tensor) -> torch.Tensor:
         """Token ids ``(..., S + 2)`` -> hidden states entering the first adapted block ``(..., S, H)`` and the
-        label words' embeddings ``(..., 2, H)``, concatenated ``(..., S + 2, H)``."""
-        m, ids = self.model, x.long()
-        if (ids != x).any() or ids.min() < 0 or ids.max() >= m.shape.vocab:
+        label words' embeddings ``(..., 2, H)``, concatenated ``(..., S + 2, H)``, on ``x``'s device (the frozen
+        lower blocks run where the model is loaded: the CPU)."""
+        m, ids = self.model, x.long().cpu()
+        if (ids != x.cpu()).any() or ids.min() < 0 or ids.max() >= m.shape.vocab:
             raise DataError(f"inputs must be token ids: integers in [0, {m.shape.vocab}) (TextFamily.decode makes them)")
         prompt = m.hidden(ids[..., :-WAYS].flatten(0, -2), self.first_adapted)
-        return torch.cat([prompt.reshape(*ids.shape[:-1], *prompt.shape[-2:]), m.embed[ids[..., -WAYS:]]], dim=-2)
+        out = torch.cat([prompt.reshape(*ids.shape[:-1], *prompt.shape[-2:]), m.embed[ids[..., -WAYS:]]], dim=-2)
+        return out.to(x.device)
 
     def to_torch(self, x: np.ndarray) -> torch.Tensor:
         """Stored inputs -> network inputs, with every lexicon word's prompt run through the lower blocks once
@@ -173,24 +175,29 @@ class TextFamily(ClassificationFamily):
         return True
 
     def in_context(self, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
-        """The frozen model with task b's support as examples in its prompt, ``Input: <word>\nLabel: <label
-        word>\n`` each, in a fixed shuffled order (class-major order biases towards the last class), then each
-        query's prompt: the label words' logits ``(B, Q, 2)``. The examples run once per task."""
-        m = self.model
+        """The frozen model with task b's support as examples in its prompt (``Input: <word>``, a newline,
+        ``Label: <label word>``, a newline, for each), in a fixed shuffled order (class-major order biases towards
+        the last class), then each query's prompt: the label words' logits ``(B, Q, 2)`` on ``qx``'s device.
+        The examples run once per task; the model runs on the CPU, where it is loaded."""
+        m, device = self.model, qx.device
         newline = m.template[1][0]
-        sx, sy, qx = sx.long(), sy.long(), qx.long()
+        sx, sy, qx = sx.long().cpu(), sy.long().cpu(), qx.long().cpu()
         order = torch.Generator().manual_seed(0)
         out = []
         for b in range(sx.shape[0]):
             rows = [torch.cat([sx[b, i, :-WAYS], sx[b, i, -WAYS:][sy[b, i]].view(1), sx.new_tensor([newline])])
                     for i in torch.randperm(sx.shape[1], generator=order)]
             out.append(m.next_token_logits(torch.cat(rows), qx[b, :, :-WAYS], qx[b, 0, -WAYS:]))
-        return torch.stack(out)
+        return torch.stack(out).to(device)
 
     # -- the generator ---------------------------------------------------------------------
 
     def build_encoder(self, model_cfg, cond_dim: int, dim: int) -> nn.Module:
-        return TextSupportEncoder(self.model.shape.hidden, cond_dim, model_cfg.encoder_width)
+        """The encoder, with per-dimension statistics of what it reads over the whole lexicon: the answer
+        position's hidden state of every input word, the embedding of every label word."""
+        feats = self.to_torch(np.array([[[i, 0, 1] for i in range(len(WORDS))]]))[0]
+        labels = self.model.embed[self._tokens(LABEL_WORDS)]
+        return TextSupportEncoder(feats[:, -WAYS - 1], labels, cond_dim, model_cfg.encoder_width)
 
     @classmethod
     def defaults(cls, cfg) -> Dict[str, Any]:
@@ -209,20 +216,27 @@ class TextSupportEncoder(nn.Module):
 
     Per class, the mean hidden state of its prompts' last position (what the adapted blocks read) beside
     the embedding of the label word it answers, in label order, then an MLP: the condition says which
-    words go with which label word.
+    words go with which label word. Both are standardised per dimension with statistics over the lexicon
+    (``words (N, H)``, ``labels (L, H)``): the model's hidden states carry a few massive dimensions (one
+    near 600 where the rest are near 10), under which a LayerNorm left every word at cosine 0.91 to every
+    other and the generator could not tell tasks apart (docs/results/text.md).
     """
 
-    def __init__(self, hidden: int, cond_dim: int, width: int = 128):
+    def __init__(self, words: torch.Tensor, labels: torch.Tensor, cond_dim: int, width: int = 128):
         super().__init__()
-        self.norm = nn.LayerNorm(hidden, elementwise_affine=False)  # hidden states are large and uneven in scale
+        hidden = words.shape[-1]
+        for name, values in (("word", words), ("label", labels)):
+            self.register_buffer(f"{name}_mean", values.mean(0))
+            self.register_buffer(f"{name}_std", values.std(0).clamp_min(1e-6))
         self.per_class = nn.Sequential(nn.Linear(2 * hidden, width), nn.SiLU(), nn.Linear(width, width))
         self.proj = nn.Sequential(nn.SiLU(), nn.Linear(WAYS * width, width), nn.SiLU(), nn.Linear(width, cond_dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from ltdi_ray.generator.heads import prototypes
 
-        protos = prototypes(self.norm(x[:, :, -WAYS - 1]), y, WAYS)  # (B, 2, H)
-        labels = self.norm(x[:, 0, -WAYS:])  # (B, 2, H): the same in every example of a task
+        words = (x[:, :, -WAYS - 1] - self.word_mean) / self.word_std
+        labels = (x[:, 0, -WAYS:] - self.label_mean) / self.label_std  # (B, 2, H): the same in every example
+        protos = prototypes(words, y, WAYS)  # (B, 2, H)
         return self.proj(self.per_class(torch.cat([protos, labels], dim=-1)).flatten(1))
 
 
