@@ -203,7 +203,7 @@ def protonet_sgd(ev: Evaluation) -> torch.Tensor:
 def _no_in_context(ev: Evaluation) -> Optional[str]:
     if ev.view.family.has_in_context(ev.view.family.cfg):
         return None
-    return "the family has no in-context predictor (task=text: the language model's prompt)"
+    return "the family has no in-context predictor (a language model reading the examples in its prompt)"
 
 
 @method("in_context", skip=_no_in_context)
