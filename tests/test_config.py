@@ -66,7 +66,7 @@ def test_bad_values_fail_at_compose_time_naming_the_key(override, key):
 
 
 def test_unknown_family_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"no option 'nope' \(choices: custom, omniglot, sinusoid\)"):
+    with pytest.raises(ConfigError, match=r"no option 'nope' \(choices: custom, omniglot, sinusoid, text\)"):
         load_config(["task=nope"])
 
 
