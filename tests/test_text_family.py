@@ -198,11 +198,48 @@ def test_smollm2_loads_and_every_lexicon_word_is_one_token():
     assert isinstance(net, LoRATop) and sum(p.numel() for p in net.parameters()) == 2 * 4 * (576 + 576) - 4 * (576 - 192)
 
 
+def test_the_prototype_adapter_answers_its_support_and_follows_its_labels():
+    """The start computed from a support (trajectory.theta0=prototype) answers that support, and the same words
+    with their labels swapped give the swapped answers: it reads the labels, not only the words."""
+    from torch.func import functional_call, vmap
+
+    from ltdi_ray.base_nets.paramspec import ParamSpec
+
+    fam = tiny_family()
+    ep = fam.sample_many("train", range(16))
+    idx = torch.from_numpy(ep["support_idx"]).long()
+    x, y = fam.to_torch(ep["pool_x"]), fam.targets_to_torch(ep["pool_y"])
+    sx, sy = torch.stack([x[i, idx[i]] for i in range(16)]), torch.stack([y[i, idx[i]] for i in range(16)])
+    net = fam.build_net()
+    spec = ParamSpec.from_module(net)
+
+    def answers(theta):
+        return vmap(lambda t, s: functional_call(net, spec.unflatten(t), (s,)).argmax(-1))(theta, sx)
+
+    start, swapped = fam.support_start(sx, sy), fam.support_start(sx, 1 - sy)
+    assert start.shape == (16, spec.dim) and torch.isfinite(start).all()
+    assert (answers(spec.flatten(dict(net.named_parameters())).expand(16, -1)) == sy).float().mean() < 0.7
+    assert (answers(start) == sy).float().mean() > 0.8
+    assert (answers(swapped) == 1 - sy).float().mean() > 0.8
+
+
+def test_the_prototype_adapter_s_logistic_fit_is_at_its_optimum():
+    from ltdi_ray.tasks.text_start import _logistic
+
+    g = torch.Generator().manual_seed(0)
+    offset, feat = torch.randn(3, 10, generator=g) * 5, torch.randn(3, 10, generator=g)
+    sign = torch.randint(0, 2, (3, 10), generator=g) * 2.0 - 1
+    w = _logistic(offset, feat, sign, 0.1).requires_grad_()
+    margin = sign * (offset + w[:, None] * feat)
+    objective = torch.nn.functional.softplus(-margin).sum() + 0.05 * w.square().sum()
+    assert torch.autograd.grad(objective, w)[0].abs().max() < 1e-5
+
+
 def test_the_pipeline_runs_on_text_tasks_and_its_generator_gives_an_adapter(ray_session, tmp_path):
     """collect -> train -> evaluate through Ray with the small random Llama, then load_generator's adapter."""
     import ltdi_ray
 
-    methods = ["init", "in_context", "finetune_short", "ltdi", "condition_shuffle"]
+    methods = ["init", "in_context", "finetune_short", "protonet", "ltdi", "condition_shuffle"]
     cfg = ltdi_ray.compose("task=text", "task.model=tiny", "experiment=smoke", "collect.num_tasks=32",
                            "collect.num_actors=1", f"storage.uri={tmp_path}", f"evaluate.methods=[{','.join(methods)}]",
                            "+evaluate.task.kinds=heldout")
