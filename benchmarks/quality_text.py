@@ -31,8 +31,8 @@ from ltdi_ray.evaluation.report import format_table
 from ltdi_ray.evaluation.stats import over_seeds
 
 SCALE = ["task=text", "experiment=text_cpu"]
-METHODS = ["init", "in_context", "finetune_short", "finetune", "reptile", "protonet", "hypernet", "ltdi", "ltdi_finetune",
-           "condition_shuffle"]
+METHODS = ["init", "in_context", "finetune_short", "finetune", "reptile", "protonet", "hypernet", "ltdi",
+           "ltdi_finetune", "condition_shuffle"]
 KINDS = ("seen", "heldout")
 
 

@@ -181,7 +181,9 @@ class TextFamily(ClassificationFamily):
         from ltdi_ray.trajectories.theta0 import initial_theta
 
         if self._start_net is None:
-            self._start_net = (self.build_net().to(sx.device), initial_theta(self, 0).to(sx.device))
+            with torch.random.fork_rng(devices=[]):  # building draws A's init: leave the caller's generator alone
+                net = self.build_net()
+            self._start_net = (net, initial_theta(self, 0))
         net, init = self._start_net
         return prototype_adapter(net.to(sx.device), init.to(sx.device), sx, sy)
 
