@@ -173,7 +173,7 @@ class TextFamily(ClassificationFamily):
 
     @classmethod
     def has_support_start(cls, task_cfg) -> bool:
-        return "v_proj" in task_cfg.lora_modules
+        return "v_proj" in task_cfg.lora_modules and task_cfg.lora_rank >= 2  # the start writes two ranks of v
 
     def support_start(self, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
         """The prototype adapter of each support (``tasks/text_start.py``): network inputs ``sx``, labels ``sy``."""
