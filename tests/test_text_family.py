@@ -221,6 +221,9 @@ def test_the_prototype_adapter_answers_its_support_and_follows_its_labels():
     assert (answers(spec.flatten(dict(net.named_parameters())).expand(16, -1)) == sy).float().mean() < 0.7
     assert (answers(start) == sy).float().mean() > 0.8
     assert (answers(swapped) == 1 - sy).float().mean() > 0.8
+    # it writes two ranks of the value projection: other adapters fall back to the base model's start
+    assert not any(TextFamily.has_support_start(TextConfig(model="tiny", **c))
+                   for c in ({"lora_rank": 1}, {"lora_modules": ["q_proj"]}))
 
 
 def test_the_prototype_adapter_s_logistic_fit_is_at_its_optimum():
