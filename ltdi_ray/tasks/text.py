@@ -220,7 +220,7 @@ class TextFamily(ClassificationFamily):
     def defaults(cls, cfg) -> Dict[str, Any]:
         """Trajectories start at each support's prototype adapter (validation: 0.62 with no step, where a
         generator trained from the base model's start stayed at chance) and bridge from there without noise,
-        as the Omniglot heads do from theirs (docs/results/text.md)."""
+        as the Omniglot heads do from theirs (carried over, not measured on text; docs/results/text.md)."""
         if not cls.has_support_start(cfg.task) or (cfg.trajectory.theta0 or "prototype") != "prototype":
             return {}
         return {"trajectory.theta0": "prototype", "diffusion.bridge_noise": 0.0, "diffusion.bridge_start_noise": 0.0}
