@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 import ltdi_ray
+from ltdi_ray.tasks.episodes import support_of
 
 
 def main() -> None:
@@ -36,9 +37,7 @@ def main() -> None:
     ckpts = torch.tensor(np.stack([np.asarray(c, dtype=np.float32).reshape(-1, dim) for c in table["checkpoints"]]))
     fam = gen.family
     episodes = fam.sample_many(gen.cfg.collect.split, table["task_id"], gen.cfg.collect.seed)
-    support = episodes["support_idx"]
-    sx = fam.decode(np.take_along_axis(episodes["pool_x"], support.reshape(n, -1, *[1] * (episodes["pool_x"].ndim - 2)), 1))
-    sy = torch.from_numpy(np.take_along_axis(episodes["pool_y"], support, 1))
+    sx, sy = support_of(episodes, fam, raw=True)
     generated = gen.generate_batch(sx, sy, seed=0)
     ends = ckpts[:, -1]
     print(json.dumps({

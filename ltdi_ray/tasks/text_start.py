@@ -30,6 +30,7 @@ import torch
 from torch.func import functional_call, jacrev, jvp, vmap
 
 from ltdi_ray.base_nets.paramspec import ParamSpec
+from ltdi_ray.generator.heads import prototypes
 from ltdi_ray.tasks.llama import LoRATop
 
 BISECTIONS = 60
@@ -56,18 +57,18 @@ def prototype_adapter(net: LoRATop, init: torch.Tensor, sx: torch.Tensor, sy: to
         logits = functional_call(net, params(a_row[None], (amount * u_task)[:, None]), (x_task,))
         return logits[:, 0] - logits[:, 1]
 
-    def slope(a_row, u_task, x_task):  # d margin / d amount at 0: linear in a_row
+    def slope(a_row, u_task, x_task):  # (d margin / d amount at 0: linear in a_row, the margin at 0)
         one = torch.ones((), dtype=x_task.dtype, device=x_task.device)
-        return jvp(lambda amount: margin(a_row, amount, u_task, x_task), (0 * one,), (one,))
+        margin0, tangent = jvp(lambda amount: margin(a_row, amount, u_task, x_task), (0 * one,), (one,))
+        return tangent, margin0
 
-    with torch.no_grad():
-        zero_row = sx.new_zeros(sx.shape[0], sx.shape[-1])
-        base_margin = vmap(lambda a, u_, x_: slope(a, u_, x_)[0])(zero_row, u, sx)  # (B, K)
-    # zeta (B, K, H): what A_v's first row is dotted with to give each example's slope
-    zeta = vmap(jacrev(lambda a, u_, x_: slope(a, u_, x_)[1]))(zero_row, u, sx).detach()
-    onehot = torch.nn.functional.one_hot(sy.long(), 2).to(zeta.dtype)  # (B, K, 2)
-    protos = onehot.transpose(1, 2) @ zeta / onehot.sum(1).clamp_min(1).unsqueeze(-1)  # (B, 2, H)
-    spread = (zeta - onehot @ protos).square().sum(1) / max(sy.shape[1] - 2, 1)  # within-class variance (B, H)
+    # zeta (B, K, H): what A_v's first row is dotted with to give each example's slope; base_margin (B, K)
+    zero_row = sx.new_zeros(sx.shape[0], sx.shape[-1])
+    zeta, base_margin = vmap(jacrev(slope, has_aux=True))(zero_row, u, sx)
+    zeta, base_margin = zeta.detach(), base_margin.detach()
+    protos = prototypes(zeta, sy, 2)  # (B, 2, H)
+    own = torch.take_along_dim(protos, sy.long().unsqueeze(-1), dim=1)  # each example's class mean (B, K, H)
+    spread = (zeta - own).square().sum(1) / max(sy.shape[1] - 2, 1)  # within-class variance (B, H)
     spread = spread + 1e-3 * spread.mean(-1, keepdim=True)
     rows = torch.stack([(protos[:, 0] - protos[:, 1]) / spread, zeta.mean(1)], dim=1)
     rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # (B, 2, H)
@@ -76,11 +77,13 @@ def prototype_adapter(net: LoRATop, init: torch.Tensor, sx: torch.Tensor, sy: to
     midpoint = ((protos[:, 0] + protos[:, 1]) / 2 * rows[:, 0]).sum(-1) / feats[..., 1].mean(1)  # (B,)
     rule = feats[..., 0] - midpoint[:, None] * feats[..., 1]  # (B, K)
     amount = _logistic(base_margin, rule, 1.0 - 2.0 * sy.to(rule.dtype), ridge)  # label 0 -> +1
-    amounts = torch.stack([amount, -midpoint * amount], dim=1)
+    amounts = torch.stack([amount, -midpoint * amount], dim=1)  # (B, 2)
     with torch.no_grad():
         # the fit trusts a first-order model: keep the shrunk amount whose real support loss is least
-        thetas = torch.stack([torch.stack([spec.flatten(params(r, uu[:, None] * a[None, :] * f)) for f in SHRINK])
-                              for r, uu, a in zip(rows, u, amounts)])  # (B, len(SHRINK), D)
+        shrink = torch.tensor(SHRINK, dtype=amounts.dtype, device=amounts.device)
+        cols = u[:, None, :, None] * (amounts[:, None, None, :] * shrink[None, :, None, None])  # (B, S, V, 2)
+        flat = vmap(vmap(lambda r, c: spec.flatten(params(r, c)), in_dims=(None, 0)))
+        thetas = flat(rows, cols)  # (B, S, D)
 
         def loss(theta, x, y):
             return torch.nn.functional.cross_entropy(functional_call(net, spec.unflatten(theta), (x,)), y)
